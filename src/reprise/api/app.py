@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, error handlers and component lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from reprise.api import admin, collections, openai
+from reprise.api.errors import install_error_handlers
+from reprise.components import Components, build_components
+from reprise.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, components: Components | None = None) -> FastAPI:
+    """An app that builds its components at start-up (or uses the given ones)."""
+    settings = settings or (components.settings if components else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        comp = components or build_components(settings)
+        app.state.components = comp
+        if "rag" not in comp.extras:
+            try:
+                from reprise.rag.service import RagService
+
+                comp.extras["rag"] = RagService.from_components(comp)
+            except ImportError as exc:
+                log.info("document chat disabled: %s (install the [rag] extra)", exc)
+        log.info("reprise gateway ready: store=%s upstream=%s", comp.store.backend,
+                 settings.upstream_url)
+        try:
+            yield
+        finally:
+            await comp.aclose()
+
+    app = FastAPI(title="Reprise", version="0.1.0", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(admin.router)
+    app.include_router(collections.router)
+    return app

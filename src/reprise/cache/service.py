@@ -1,0 +1,194 @@
+"""Cache lookup (exact → semantic → miss) and storing of complete answers.
+
+This layer never fails a request: any store or embedder error is logged, counted and
+answered as a miss (fail open to the model), and a failed store is simply skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import orjson
+
+from reprise.cache.keys import RequestKeys
+from reprise.store.base import CacheEntry, Store
+
+if TYPE_CHECKING:
+    from reprise.cache.semantic import SemanticLookup
+
+log = logging.getLogger(__name__)
+
+Tier = Literal["exact", "semantic", "miss", "bypass"]
+
+
+@dataclass(slots=True)
+class CachePolicy:
+    """What one request allows the cache to do (from its headers)."""
+
+    namespace: str
+    lookup: bool = True  # Cache-Control: no-cache → False (refresh)
+    store: bool = True  # Cache-Control: no-store → False
+    max_age: float | None = None  # Cache-Control: max-age=N
+    semantic: bool = True  # X-Reprise-Semantic: off → False
+    threshold: float | None = None  # X-Reprise-Threshold
+
+
+@dataclass(slots=True)
+class LookupResult:
+    tier: Tier
+    entry: CacheEntry | None = None
+    similarity: float | None = None
+    vector: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None
+
+    @property
+    def completion(self) -> dict[str, Any]:
+        assert self.entry is not None
+        data: dict[str, Any] = orjson.loads(self.entry.response)
+        return data
+
+    @property
+    def age(self) -> int:
+        return 0 if self.entry is None else max(0, int(time.time() - self.entry.created_at))
+
+
+class StoreHealth:
+    """Counts store failures; a callback lets metrics see them without a global."""
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.last_error = ""
+        self.listeners: list[Any] = []
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = f"{op}: {exc}"
+        log.warning("cache store %s failed, serving without cache: %s", op, exc)
+        for listener in self.listeners:
+            listener(op)
+
+
+class CacheService:
+    def __init__(
+        self,
+        store: Store,
+        semantic: SemanticLookup | None,
+        *,
+        ttl_seconds: int,
+        semantic_enabled: bool = True,
+    ) -> None:
+        self.store = store
+        self.semantic = semantic
+        self.ttl_seconds = ttl_seconds
+        self.semantic_enabled = semantic_enabled and semantic is not None
+        self.health = StoreHealth()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _record_hit(self, namespace: str, key: str) -> None:
+        try:
+            await self.store.record_hit(namespace, key)
+        except Exception as exc:
+            self.health.failed("record_hit", exc)
+
+    def _fresh(self, entry: CacheEntry, policy: CachePolicy) -> bool:
+        return policy.max_age is None or time.time() - entry.created_at <= policy.max_age
+
+    def semantic_allowed(self, keys: RequestKeys, policy: CachePolicy) -> bool:
+        return (
+            self.semantic_enabled
+            and policy.semantic
+            and keys.question is not None
+            and self.semantic is not None
+            and self.semantic.eligible(keys.question)
+        )
+
+    async def lookup(self, keys: RequestKeys, policy: CachePolicy) -> LookupResult:
+        if not policy.lookup:
+            return LookupResult("bypass")
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            entry = await self.store.get_exact(policy.namespace, keys.key)
+        except Exception as exc:
+            self.health.failed("get_exact", exc)
+            return LookupResult("miss", timings=timings)
+        timings["exact_ms"] = (time.perf_counter() - t0) * 1000
+        if entry is not None and self._fresh(entry, policy):
+            self._spawn(self._record_hit(policy.namespace, keys.key))
+            return LookupResult("exact", entry, 1.0, timings=timings)
+        if not self.semantic_allowed(keys, policy):
+            return LookupResult("miss", timings=timings)
+        assert self.semantic is not None and keys.question is not None
+        vector: np.ndarray | None = None
+        try:
+            t1 = time.perf_counter()
+            vector = await self.semantic.embed(keys.question)
+            timings["embed_ms"] = (time.perf_counter() - t1) * 1000
+            t2 = time.perf_counter()
+            match = await self.semantic.find(
+                policy.namespace, keys.fingerprint, keys.question, vector, policy.threshold
+            )
+            timings["semantic_ms"] = (time.perf_counter() - t2) * 1000
+        except Exception as exc:
+            self.health.failed("semantic_lookup", exc)
+            return LookupResult("miss", vector=vector, timings=timings)
+        if match is not None and self._fresh(match.entry, policy):
+            self._spawn(self._record_hit(policy.namespace, match.entry.key))
+            return LookupResult("semantic", match.entry, match.similarity, vector, timings)
+        return LookupResult("miss", vector=vector, timings=timings)
+
+    async def save(
+        self,
+        keys: RequestKeys,
+        policy: CachePolicy,
+        completion: dict[str, Any],
+        *,
+        model: str,
+        vector: np.ndarray | None = None,
+    ) -> bool:
+        """Store a complete answer; returns False (and logs) if it was not stored."""
+        if not policy.store:
+            return False
+        try:
+            if vector is None and self.semantic_allowed(keys, policy):
+                assert self.semantic is not None and keys.question is not None
+                vector = await self.semantic.embed(keys.question)
+            usage = completion.get("usage") or {}
+            now = time.time()
+            entry = CacheEntry(
+                key=keys.key,
+                namespace=policy.namespace,
+                fingerprint=keys.fingerprint,
+                question=keys.question or "",
+                response=orjson.dumps(completion),
+                model=model,
+                vector=vector if self.semantic_allowed(keys, policy) else None,
+                created_at=now,
+                expires_at=now + self.ttl_seconds if self.ttl_seconds > 0 else None,
+                last_access=now,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+            await self.store.put(entry)
+            return True
+        except Exception as exc:
+            self.health.failed("put", exc)
+            return False
+
+    async def aclose(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

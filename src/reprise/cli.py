@@ -1,0 +1,273 @@
+"""`reprise` command line: run the stack, inspect the cache, ingest documents, ask."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from reprise.config import Settings
+
+app = typer.Typer(help="Reprise: an OpenAI-compatible caching gateway.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect and manage the answer cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+console = Console()
+
+
+def _logging(settings: Settings) -> None:
+    from reprise.observability.logs import setup_logging
+
+    setup_logging(settings.log_level, json_logs=settings.json_logs)
+
+
+def _serve_gateway(settings: Settings) -> None:
+    from reprise.api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, access_log=False,
+                timeout_graceful_shutdown=settings.graceful_shutdown_seconds)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    role: Annotated[str, typer.Option(help="gateway | embeddings | ui")] = "gateway",
+) -> None:
+    """Run one service of Reprise in the foreground."""
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = Settings(**overrides)
+    _logging(settings)
+    if role == "gateway":
+        _serve_gateway(settings)
+    elif role == "embeddings":
+        from reprise.api.embeddings_app import create_embeddings_app
+
+        uvicorn.run(create_embeddings_app(settings), host=settings.host, port=settings.port,
+                    log_level=settings.log_level, access_log=False)
+    elif role == "ui":
+        _run_ui(settings, port or settings.ui_port)
+    else:
+        raise typer.BadParameter("role must be gateway, embeddings or ui")
+
+
+def _ui_process(settings: Settings, port: int) -> Any:
+    from reprise.services.processes import ManagedProcess
+
+    script = Path(__file__).parent / "ui" / "app.py"
+    argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+            "--server.address", settings.host, "--server.headless", "true",
+            "--browser.gatherUsageStats", "false"]
+    return ManagedProcess("ui", argv, ready_url=f"http://127.0.0.1:{port}/_stcore/health",
+                          env={"REPRISE_GATEWAY_URL": settings.gateway_url})
+
+
+def _run_ui(settings: Settings, port: int) -> None:
+    proc = _ui_process(settings, port).start()
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def _stopping(procs: list[Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+@app.command()
+def up(
+    store: Annotated[str | None, typer.Option(help="sqlite | memory | redis")] = None,
+    ui: Annotated[bool, typer.Option(help="also start the web UI")] = True,
+    model_server: Annotated[bool, typer.Option(help="start the embedded llama.cpp server")] = True,
+) -> None:
+    """Start the embedded stack: llama.cpp + SmolLM2, the gateway, and the UI."""
+    overrides: dict[str, Any] = {}
+    if store:
+        overrides["store"] = store
+    settings = Settings(**overrides)
+    _logging(settings)
+    procs: list[Any] = []
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _stopping(procs):
+        if settings.store == "redis" and settings.redis_url == Settings().redis_url:
+            from reprise.services.redis_stack import start_server
+
+            cache_dir = Path(".cache")
+            console.print("starting Redis Stack …")
+            redis = start_server(cache_dir, data_dir=settings.data_dir / "redis")
+            procs.append(redis)
+            settings = settings.model_copy(update={"redis_url": redis.url})
+        if model_server:
+            from reprise.services.llama_server import MODEL_ALIAS, llama_server
+
+            llama = llama_server(settings.llama_port, model_path=settings.llama_model_path,
+                                 n_ctx=settings.llama_ctx, threads=settings.llama_threads,
+                                 log_file=settings.data_dir / "llama-server.log")
+            console.print(f"starting llama.cpp model server on :{settings.llama_port} …")
+            procs.append(llama.start())
+            llama.wait_ready()
+            settings = settings.model_copy(update={
+                "upstream_url": f"http://127.0.0.1:{settings.llama_port}/v1",
+                "upstream_model": settings.upstream_model or MODEL_ALIAS})
+        if ui:
+            ui_proc = _ui_process(settings, settings.ui_port)
+            procs.append(ui_proc.start())
+            console.print(f"web UI on http://127.0.0.1:{settings.ui_port}")
+        console.print(f"gateway on http://{settings.host}:{settings.port}/v1 "
+                      f"(store: {settings.store}, data: {settings.data_dir}) — Ctrl-C stops")
+        with contextlib.suppress(KeyboardInterrupt):
+            _serve_gateway(settings)
+
+
+# ---------------------------------------------------------------------------------- cache
+def _store(settings: Settings) -> Any:
+    from reprise.store.factory import make_store
+
+    return make_store(settings, settings.embedding_dim)
+
+
+def _with_store(fn: Any) -> Any:
+    async def run() -> Any:
+        store = _store(Settings())
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@cache_app.command("stats")
+def cache_stats(namespace: Annotated[str | None, typer.Option()] = None) -> None:
+    """Entries, bytes and hits, per namespace."""
+    stats = _with_store(lambda s: s.stats(namespace))
+    table = Table("namespace", "entries")
+    for ns, n in sorted(stats.namespaces.items()):
+        table.add_row(ns, str(n))
+    console.print(table)
+    console.print(f"backend={stats.backend} entries={stats.entries} bytes={stats.bytes} "
+                  f"hits={stats.hits} vectors={stats.vectors}")
+
+
+@cache_app.command("ls")
+def cache_ls(
+    namespace: Annotated[str | None, typer.Option()] = None,
+    query: Annotated[str, typer.Option("--query", "-q", help="filter by question text")] = "",
+    limit: Annotated[int, typer.Option()] = 50,
+) -> None:
+    """Entries, most recently used first, with hits, age and TTL."""
+    rows = _with_store(lambda s: s.list_entries(namespace, limit=limit, query=query))
+    now = time.time()
+    table = Table("key", "namespace", "question", "hits", "age", "ttl", "last access")
+    for e in rows:
+        ttl = "∞" if e.expires_at is None else f"{max(0, int(e.expires_at - now))}s"
+        table.add_row(e.key[:16], e.namespace, e.question[:60], str(e.hits),
+                      f"{int(now - e.created_at)}s", ttl,
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_access)))
+    console.print(table)
+
+
+@cache_app.command("rm")
+def cache_rm(key: str, namespace: Annotated[str, typer.Option()] = "default") -> None:
+    """Delete one entry (a key prefix from `cache ls` is enough)."""
+
+    async def run(store: Any) -> bool:
+        if len(key) < 64:
+            matches = [e.key for e in await store.list_entries(namespace, limit=100000)
+                       if e.key.startswith(key)]
+            if len(matches) != 1:
+                console.print(f"{len(matches)} entries match {key!r}")
+                return False
+            return bool(await store.delete(namespace, matches[0]))
+        return bool(await store.delete(namespace, key))
+
+    ok = _with_store(run)
+    console.print("deleted" if ok else "not found")
+    if not ok:
+        raise typer.Exit(1)
+
+
+@cache_app.command("clear")
+def cache_clear(namespace: Annotated[str | None, typer.Option()] = None) -> None:
+    """Delete every entry (of one namespace, or all)."""
+    n = _with_store(lambda s: s.clear(namespace))
+    console.print(f"cleared {n} entries")
+
+
+# ---------------------------------------------------------------------------------- clients
+@app.command()
+def ask(
+    question: str,
+    collection: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str, typer.Option()] = "default",
+    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+) -> None:
+    """Ask the running gateway; streams the answer and shows the cache outcome."""
+    settings = Settings()
+    body: dict[str, Any] = {"model": model, "stream": True,
+                            "messages": [{"role": "user", "content": question}]}
+    if collection:
+        body["collection"] = collection
+    headers = {"Cache-Control": "no-cache"} if no_cache else {}
+    t0 = time.perf_counter()
+    with httpx.stream("POST", f"{settings.gateway_url}/v1/chat/completions", json=body,
+                      headers=headers, timeout=300) as resp:
+        if resp.status_code != 200:
+            console.print(f"[red]{resp.status_code}[/red] {resp.read().decode()}")
+            raise typer.Exit(1)
+        tier = resp.headers.get("x-reprise-cache", "?")
+        citations = None
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            citations = chunk.get("citations", citations)
+            for ch in chunk.get("choices", []):
+                sys.stdout.write(ch.get("delta", {}).get("content") or "")
+                sys.stdout.flush()
+    console.print(f"\n[dim]cache: {tier}  {1000 * (time.perf_counter() - t0):.0f} ms[/dim]")
+    for i, c in enumerate(citations or [], 1):
+        console.print(f"[dim][{i}] {c.get('document')} p.{c.get('page')}[/dim]")
+
+
+@app.command()
+def ingest(
+    paths: list[Path],
+    collection: Annotated[str, typer.Option(help="collection name")],
+) -> None:
+    """Upload documents to a collection of the running gateway, with progress."""
+    from reprise.rag.client import ingest_files
+
+    ok = ingest_files(Settings().gateway_url, collection, paths, console)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    logging.captureWarnings(True)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Composition root: builds every long-lived component from one ``Settings``.
+
+The HTTP layer, the CLI and the LangChain adapter all get their parts from here, so wiring
+lives in one place and nothing is a module-level global.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from reprise.cache.service import CacheService
+from reprise.config import Settings
+from reprise.embed.base import Embedder
+from reprise.observability.metrics import Metrics
+from reprise.serving.chat import ChatService
+from reprise.store.base import Store
+from reprise.upstream.client import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    settings: Settings
+    store: Store
+    embedder: Embedder | None
+    cache: CacheService
+    upstream: UpstreamClient
+    chat: ChatService
+    metrics: Metrics
+    extras: dict[str, Any] = field(default_factory=dict)
+    known_models: set[str] = field(default_factory=set)
+
+    async def aclose(self) -> None:
+        rag = self.extras.get("rag")
+        if rag is not None:
+            await rag.aclose()
+        await self.cache.aclose()
+        await self.upstream.aclose()
+        await self.store.close()
+
+
+def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
+    from reprise.embed.factory import make_embedder
+
+    return make_embedder(
+        kind or settings.embedder,
+        url=settings.embeddings_url,
+        model=settings.embeddings_model,
+        api_key=settings.embeddings_api_key,
+    )
+
+
+def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
+    from reprise.cache.semantic import SemanticLookup
+    from reprise.cache.verifier import Verifier
+
+    return SemanticLookup(
+        store,
+        embedder,
+        Verifier.load(),
+        threshold=settings.semantic_threshold,
+        top_k=settings.semantic_top_k,
+        max_chars=settings.semantic_max_chars,
+    )
+
+
+def build_components(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    embedder: Embedder | None = None,
+    upstream: UpstreamClient | None = None,
+) -> Components:
+    from reprise.store.factory import make_store
+
+    if embedder is None and settings.semantic_enabled:
+        embedder = build_embedder(settings)
+    dim = embedder.dim if embedder is not None else 512
+    store = store or make_store(settings, dim)
+    semantic = build_semantic(settings, store, embedder) if embedder is not None else None
+    cache = CacheService(
+        store, semantic, ttl_seconds=settings.cache_ttl_seconds,
+        semantic_enabled=settings.semantic_enabled,
+    )
+    upstream = upstream or UpstreamClient(
+        settings.upstream_url,
+        settings.upstream_api_key,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+    )
+    chat = ChatService(
+        cache, upstream,
+        distributed_lock_seconds=settings.single_flight_lock_seconds
+        if store.backend == "redis" else None,
+    )
+    metrics = Metrics(settings.price_prompt_per_mtok, settings.price_completion_per_mtok)
+    cache.health.listeners.append(lambda op: metrics.store_errors.labels(op).inc())
+    return Components(settings, store, embedder, cache, upstream, chat, metrics,
+                      known_models=set(settings.public_models))

@@ -1,0 +1,140 @@
+"""Every knob of Reprise, in one place.
+
+Values come from (highest first) constructor arguments, environment variables
+``REPRISE_*``, a TOML file named by ``REPRISE_CONFIG``, then the embedded defaults below.
+Nothing else in the package reads the environment: components receive a ``Settings``
+(or the few fields they need) from whoever builds them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by ``REPRISE_CONFIG`` (keys are field names, lower case)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("REPRISE_CONFIG")
+        if not path:
+            return {}
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            # Allow both a flat file and one [reprise] table.
+            if isinstance(value, dict) and key == "reprise":
+                flat.update(value)
+            else:
+                flat[key] = value
+        return flat
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; see the README's table for what each field is for."""
+
+    model_config = SettingsConfigDict(env_prefix="REPRISE_", extra="ignore")
+
+    # --- HTTP surface -----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1 << 20
+    max_messages: int = 512
+    max_tokens_cap: int | None = None
+    gateway_url: str = "http://127.0.0.1:8000"
+    log_level: str = "info"
+    json_logs: bool = True
+    debug: bool = False  # when on, logs may contain prompts; never API keys
+    graceful_shutdown_seconds: int = 30
+
+    # --- upstream model server ----------------------------------------------------------
+    upstream_url: str = "http://127.0.0.1:8080/v1"
+    upstream_api_key: str = ""
+    upstream_model: str = "smollm2-135m-instruct"
+    # Extra public model names mapped to upstream names, e.g. {"gpt-4o-mini": "llama3"}.
+    model_map: dict[str, str] = Field(default_factory=dict)
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 300.0
+    # Price per 1M tokens used to report the money a hit saved (0 = local model).
+    price_prompt_per_mtok: float = 0.15
+    price_completion_per_mtok: float = 0.60
+
+    # --- embedded model server (`reprise up`) ---------------------------------------------
+    llama_port: int = 8080
+    llama_model_path: str | None = None
+    llama_ctx: int = 2048
+    llama_threads: int | None = None
+    ui_port: int = 8501
+
+    # --- cache ----------------------------------------------------------------------------
+    store: Literal["sqlite", "memory", "redis"] = "sqlite"
+    data_dir: Path = Path("./data")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_ttl_seconds: int = 7 * 24 * 3600
+    cache_max_bytes: int = 512 * 1024 * 1024
+    default_namespace: str = "default"
+    semantic_enabled: bool = True
+    semantic_threshold: float = 0.80
+    semantic_top_k: int = 5
+    semantic_max_chars: int = 2000
+    embedder: Literal["use", "e5", "remote"] = "use"
+    embeddings_url: str | None = None
+    embeddings_model: str = "bge-m3"
+    embeddings_api_key: str = ""
+    embeddings_dim: int = 1024  # only for `remote`; the local embedders know their own
+    single_flight_lock_seconds: float = 30.0
+
+    # --- documents (RAG) ----------------------------------------------------------------------
+    rag_embedder: Literal["use", "e5", "remote"] = "e5"
+    max_upload_bytes: int = 50 * 1024 * 1024  # per file
+    max_upload_request_bytes: int = 512 * 1024 * 1024  # one multipart request, all files
+    chunk_tokens: int = 256
+    chunk_overlap: int = 48
+    rag_top_k: int = 5
+    rag_context_tokens: int = 1200
+    rag_min_score: float = 0.0
+
+    # --- tenants and limits -------------------------------------------------------------------
+    api_keys_file: Path | None = None
+    rate_limit_rpm: int = 0
+    rate_limit_tpm: int = 0
+
+    @field_validator("upstream_url", "gateway_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls), file_secret_settings)
+
+    def upstream_model_for(self, requested: str | None) -> str:
+        """Public model name → upstream model name (``default``/empty → the configured one)."""
+        if not requested or requested == "default":
+            return self.upstream_model
+        return self.model_map.get(requested, requested)
+
+    @property
+    def embedding_dim(self) -> int:
+        return {"use": 512, "e5": 384}.get(self.embedder, self.embeddings_dim)
+
+    @property
+    def public_models(self) -> list[str]:
+        names = [self.upstream_model, *self.model_map.keys()]
+        return list(dict.fromkeys(names))

@@ -1,0 +1,87 @@
+"""Prometheus metrics and a short in-memory history for the dashboard.
+
+One ``Metrics`` object per app (its own registry, so tests can run many apps in one process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(slots=True)
+class RequestEvent:
+    """One answered chat completion, as the dashboard plots it."""
+
+    ts: float
+    tier: str
+    latency_ms: float
+    stream: bool
+    status: int
+    namespace: str
+    saved_tokens: int
+    saved_cost: float
+    similarity: float | None = None
+
+
+class Metrics:
+    def __init__(self, price_prompt_per_mtok: float = 0.0,
+                 price_completion_per_mtok: float = 0.0, history: int = 5000) -> None:
+        self.registry = CollectorRegistry()
+        self.price_prompt = price_prompt_per_mtok / 1e6
+        self.price_completion = price_completion_per_mtok / 1e6
+        self.requests = Counter("reprise_http_requests_total", "HTTP requests",
+                                ["route", "status"], registry=self.registry)
+        self.cache = Counter("reprise_cache_requests_total", "Chat completions by cache tier",
+                             ["tier"], registry=self.registry)
+        self.latency = Histogram("reprise_chat_latency_seconds",
+                                 "Chat completion latency by cache outcome (hit/miss)",
+                                 ["outcome"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.upstream_latency = Histogram("reprise_upstream_latency_seconds",
+                                          "Upstream call latency", buckets=_LATENCY_BUCKETS,
+                                          registry=self.registry)
+        self.tokens_saved = Counter("reprise_tokens_saved_total", "Tokens served from cache",
+                                    ["kind"], registry=self.registry)
+        self.cost_saved = Counter("reprise_cost_saved_total",
+                                  "Estimated upstream cost saved by hits (currency units)",
+                                  registry=self.registry)
+        self.upstream_errors = Counter("reprise_upstream_errors_total", "Upstream failures",
+                                       ["status"], registry=self.registry)
+        self.store_errors = Counter("reprise_store_errors_total",
+                                    "Cache store failures (fail open)",
+                                    ["op"], registry=self.registry)
+        self.inflight = Gauge("reprise_inflight_requests", "Requests being served",
+                              registry=self.registry)
+        self.events: deque[RequestEvent] = deque(maxlen=history)
+
+    def saved_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.price_prompt + completion_tokens * self.price_completion
+
+    def chat(self, *, tier: str, latency_s: float, stream: bool, status: int, namespace: str,
+             saved_prompt: int = 0, saved_completion: int = 0,
+             similarity: float | None = None) -> None:
+        hit = tier in ("exact", "semantic")
+        self.cache.labels(tier).inc()
+        self.latency.labels("hit" if hit else "miss").observe(latency_s)
+        cost = 0.0
+        if hit:
+            cost = self.saved_cost(saved_prompt, saved_completion)
+            self.tokens_saved.labels("prompt").inc(saved_prompt)
+            self.tokens_saved.labels("completion").inc(saved_completion)
+            self.cost_saved.inc(cost)
+        self.events.append(RequestEvent(time.time(), tier, latency_s * 1000, stream, status,
+                                        namespace, saved_prompt + saved_completion if hit else 0,
+                                        cost, similarity))
+
+    def recent(self, since: float = 0.0, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [asdict(e) for e in self.events
+                if e.ts >= since and (namespace is None or e.namespace == namespace)]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Helper servers Reprise can install and run for the user (tests, `reprise up`)."""

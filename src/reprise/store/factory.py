@@ -1,0 +1,20 @@
+"""Builds the configured store; the only place that maps ``Settings.store`` to a class."""
+
+from __future__ import annotations
+
+from reprise.config import Settings
+from reprise.store.base import Store
+
+
+def make_store(settings: Settings, dim: int) -> Store:
+    if settings.store == "memory":
+        from reprise.store.memory import MemoryStore
+
+        return MemoryStore(dim, settings.cache_max_bytes)
+    if settings.store == "redis":
+        from reprise.store.redis import RedisStore
+
+        return RedisStore(settings.redis_url, dim, settings.cache_max_bytes)
+    from reprise.store.sqlite import SQLiteStore
+
+    return SQLiteStore(settings.data_dir / "cache.sqlite3", dim, settings.cache_max_bytes)

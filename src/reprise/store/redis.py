@@ -1,0 +1,541 @@
+"""Shared store on Redis Stack: every gateway replica sees the same cache and the same locks.
+
+Layout under one ``prefix`` (so several stores can share a server):
+
+* ``{p}:e:{len(ns)}:{ns}:{key}`` — one HASH per entry (the length prefix keeps ``ns``/``key``
+  pairs unambiguous whatever characters they hold). Indexed by ``{p}:idx`` (RediSearch, HNSW
+  cosine) with two TAG fields holding *digests*: ``tp`` of the partition (namespace,
+  fingerprint) and ``tn`` of the namespace, so tag queries never need escaping and a search
+  stays inside its partition.
+* ``{p}:lru`` — ZSET entry key → last access (LRU order for eviction and listing).
+* ``{p}:exp`` — ZSET entry key → expiry; Redis expires the hash itself (``PEXPIREAT``), this
+  set only lets us keep the byte account right for entries that vanished that way.
+* ``{p}:size`` HASH entry key → bytes, ``{p}:bytes`` — running total (the byte bound).
+* ``{p}:lock:{name}`` — single-flight locks (``SET NX PX`` + token, released by a script).
+
+Writes that touch several keys run as Lua scripts so a crash between steps cannot leave the
+byte account or the LRU set inconsistent. Every Redis failure surfaces as ``StoreError`` so
+the cache layer fails open; the client reconnects by itself, and a missing index (the server
+restarted empty, or ``FLUSHALL``) is recreated and the command retried once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from reprise.store.base import CacheEntry, DimensionMismatch, SearchHit, StoreError, StoreStats
+
+T = TypeVar("T")
+
+# Removes one entry and its bookkeeping; shared by the scripts below, which bind the five
+# bookkeeping keys first. ``sizes`` maps entry -> "<bytes> <partition digest>" (digest only for
+# entries with a vector) so even an entry Redis already expired is accounted for exactly.
+_DROP = """
+local function drop(k)
+  local s = redis.call('HGET', sizes, k)
+  local existed = redis.call('DEL', k)
+  redis.call('ZREM', lru, k)
+  redis.call('ZREM', exp, k)
+  if s then
+    local size, part = string.match(s, '^(%d+) ?(%x*)$')
+    redis.call('HDEL', sizes, k)
+    redis.call('DECRBY', total, tonumber(size))
+    if part ~= '' and redis.call('HINCRBY', parts, part, -1) <= 0 then
+      redis.call('HDEL', parts, part)
+    end
+  end
+  return existed
+end
+local function sweep(now)
+  local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 128)
+  for _, k in ipairs(gone) do drop(k) end
+end
+"""
+
+# KEYS: entry, lru, exp, size, bytes, parts.
+# ARGV: size, last_access, expire_ms|'', expires_at|'', max_bytes, now, partition|'',
+#       field, value, ...
+_PUT = (
+    "local lru, exp, sizes, total, parts = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]"
+    + _DROP
+) + """
+sweep(ARGV[6])
+drop(KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+if ARGV[3] ~= '' then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[4], KEYS[1])
+end
+redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[4], KEYS[1], ARGV[1] .. ' ' .. ARGV[7])
+  redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
+else
+  redis.call('HSET', KEYS[4], KEYS[1], ARGV[1])
+end
+local total = redis.call('INCRBY', KEYS[5], ARGV[1])
+local limit = tonumber(ARGV[5])
+local evicted = 0
+while total > limit do
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 1)
+  local victim = oldest[1]
+  if victim == KEYS[1] then victim = oldest[2] end
+  if not victim then break end
+  drop(victim)
+  evicted = evicted + 1
+  total = tonumber(redis.call('GET', KEYS[5]) or '0')
+end
+return evicted
+"""
+
+# KEYS: lru, exp, size, bytes, parts; ARGV: now, entry keys... → how many of them existed.
+_DELETE = (
+    "local lru, exp, sizes, total, parts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]"
+    + _DROP
+) + """
+sweep(ARGV[1])
+local n = 0
+for i = 2, #ARGV do n = n + drop(ARGV[i]) end
+return n
+"""
+
+# KEYS: entry, lru; ARGV: now.
+_HIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'h', 1)
+redis.call('HSET', KEYS[1], 'a', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
+return 1
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_FIELDS = ("ns", "fp", "k", "q", "r", "m", "vec", "c", "x", "h", "a", "pt", "ct")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def _no_index(exc: ResponseError) -> bool:
+    msg = str(exc).lower()
+    return "no such index" in msg or "unknown index name" in msg
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore:
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        dim: int,
+        max_bytes: int = 512 * 1024 * 1024,
+        prefix: str = "reprise",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        hnsw_ef_runtime: int = 128,
+        exact_below: int = 4000,
+    ) -> None:
+        self.url = url
+        self.dim = dim
+        self.max_bytes = max_bytes
+        self.prefix = prefix
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.hnsw = (hnsw_m, hnsw_ef_construction, hnsw_ef_runtime)
+        self.exact_below = exact_below  # partitions up to this many vectors: exact search
+        self.index = f"{prefix}:idx"
+        self._lru, self._exp = f"{prefix}:lru", f"{prefix}:exp"
+        self._size, self._bytes = f"{prefix}:size", f"{prefix}:bytes"
+        self._parts = f"{prefix}:parts"
+        self._client: Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scripts: dict[str, Any] = {}
+        self._index_ready = False
+        self._tokens: dict[str, str] = {}
+        self._errors = 0
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _redis(self) -> Redis:
+        """The client for the running event loop (asyncio connections are loop-bound, and
+        callers such as tests or CLI commands may use the store from successive loops)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # A plain dict: the installed redis stubs predate ``protocol``.
+            options: dict[str, Any] = {
+                "protocol": 3,  # map replies for FT.* commands
+                "socket_timeout": self.socket_timeout,
+                "socket_connect_timeout": self.connect_timeout,
+                # Fail fast: the cache fails open, so waiting on a dead server only adds latency.
+                "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+            }
+            self._client = Redis.from_url(self.url, **options)
+            self._loop = loop
+            self._scripts = {
+                name: self._client.register_script(src)
+                for name, src in (("put", _PUT), ("delete", _DELETE), ("hit", _HIT),
+                                  ("unlock", _UNLOCK))
+            }
+        return self._client
+
+    async def _run(self, op: Callable[[Redis], Awaitable[T]], *, indexed: bool = False) -> T:
+        """Run ``op``; map Redis failures to StoreError; recreate a vanished index once."""
+        try:
+            client = self._redis()
+            if indexed and not self._index_ready:
+                await self._ensure_index(client)
+            try:
+                return await op(client)
+            except ResponseError as exc:
+                if not (indexed and _no_index(exc)):
+                    raise
+                self._index_ready = False
+                await self._ensure_index(client)
+                return await op(client)
+        except StoreError:
+            self._errors += 1
+            raise
+        except (RedisError, OSError) as exc:
+            self._errors += 1
+            raise StoreError(f"redis store {self.prefix!r}: {exc}") from exc
+
+    async def _ensure_index(self, client: Redis) -> None:
+        """Create the index if missing; refuse one built for another vector dimension."""
+        try:
+            info = await client.execute_command("FT.INFO", self.index)
+        except ResponseError as exc:
+            if not _no_index(exc):
+                raise
+            m, ef_c, ef_r = self.hnsw
+            try:
+                await client.execute_command(
+                    "FT.CREATE", self.index, "ON", "HASH", "PREFIX", "1", f"{self.prefix}:e:",
+                    "SCHEMA", "tp", "TAG", "tn", "TAG",
+                    "vec", "VECTOR", "HNSW", "12", "TYPE", "FLOAT32", "DIM", str(self.dim),
+                    "DISTANCE_METRIC", "COSINE", "M", str(m), "EF_CONSTRUCTION", str(ef_c),
+                    "EF_RUNTIME", str(ef_r),
+                )
+            except ResponseError as exc2:
+                if "already exists" not in str(exc2).lower():
+                    raise
+            info = await client.execute_command("FT.INFO", self.index)
+            await self._wait_indexed(client, info)
+        dim = _index_dim(info)
+        if dim is not None and dim != self.dim:
+            raise DimensionMismatch(
+                f"Redis index {self.index!r} holds {dim}-dim vectors but the embedder makes"
+                f" {self.dim}-dim ones; clear the cache (`reprise cache clear`) or use another"
+                " prefix"
+            )
+        self._index_ready = True
+
+    async def _wait_indexed(self, client: Redis, info: Any, limit_s: float = 5.0) -> None:
+        """A new index backfills existing hashes in the background (after a restart or a
+        FLUSHALL the entries written meanwhile); wait briefly so the retry can find them."""
+        deadline = time.monotonic() + limit_s
+        while _info_get(info, "indexing") not in (0, b"0", "0", None):
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.02)
+            info = await client.execute_command("FT.INFO", self.index)
+
+    def _entry_key(self, namespace: str, key: str) -> str:
+        return f"{self.prefix}:e:{len(namespace)}:{namespace}:{key}"
+
+    def _ns_prefix(self, namespace: str) -> str:
+        return f"{self.prefix}:e:{len(namespace)}:{namespace}:"
+
+    @property
+    def _book_keys(self) -> list[str]:
+        return [self._lru, self._exp, self._size, self._bytes, self._parts]
+
+    @staticmethod
+    def _decode(raw: dict[Any, Any]) -> CacheEntry | None:
+        f = {_s(k): v for k, v in raw.items()}
+        if "k" not in f:
+            return None
+        vec = f.get("vec")
+        expires = _s(f.get("x", b""))
+        return CacheEntry(
+            key=_s(f["k"]), namespace=_s(f["ns"]), fingerprint=_s(f["fp"]),
+            question=_s(f.get("q", b"")), response=bytes(f.get("r", b"")),
+            model=_s(f.get("m", b"")),
+            vector=None if not vec else np.frombuffer(vec, dtype=np.float32).copy(),
+            created_at=float(f.get("c", 0.0)), expires_at=float(expires) if expires else None,
+            hits=int(f.get("h", 0)), last_access=float(f.get("a", 0.0)),
+            prompt_tokens=int(f.get("pt", 0)), completion_tokens=int(f.get("ct", 0)),
+        )
+
+    async def _drop(self, client: Redis, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        return int(await self._scripts["delete"](keys=self._book_keys,
+                                                 args=[time.time(), *keys]))
+
+    # -- Store -------------------------------------------------------------------------------
+    async def put(self, entry: CacheEntry) -> None:
+        fields: list[Any] = [
+            "ns", entry.namespace, "fp", entry.fingerprint, "k", entry.key,
+            "q", entry.question, "r", entry.response, "m", entry.model,
+            "c", repr(entry.created_at),
+            "x", "" if entry.expires_at is None else repr(entry.expires_at),
+            "h", entry.hits, "a", repr(entry.last_access or entry.created_at),
+            "pt", entry.prompt_tokens, "ct", entry.completion_tokens,
+            "s", entry.size_bytes, "tn", _digest(entry.namespace),
+            "tp", _digest(entry.namespace, entry.fingerprint),
+        ]
+        if entry.vector is not None:
+            vec = np.asarray(entry.vector, dtype=np.float32).reshape(-1)
+            if vec.shape[0] != self.dim:
+                raise DimensionMismatch(f"vector has {vec.shape[0]} dims, store has {self.dim}")
+            fields += ["vec", vec.tobytes(), "hv", 1]
+        else:
+            fields += ["hv", 0]
+        expire_ms = "" if entry.expires_at is None else str(int(entry.expires_at * 1000))
+        part = "" if entry.vector is None else _digest(entry.namespace, entry.fingerprint)
+        args = [entry.size_bytes, repr(entry.last_access or entry.created_at), expire_ms,
+                "" if entry.expires_at is None else repr(entry.expires_at),
+                self.max_bytes, repr(time.time()), part, *fields]
+        key = self._entry_key(entry.namespace, entry.key)
+
+        async def op(client: Redis) -> None:
+            await self._scripts["put"](keys=[key, *self._book_keys], args=args)
+
+        # indexed=True: creating the index on first write checks the dimension up front.
+        await self._run(op, indexed=entry.vector is not None)
+
+    async def get_exact(self, namespace: str, key: str) -> CacheEntry | None:
+        rkey = self._entry_key(namespace, key)
+
+        async def op(client: Redis) -> CacheEntry | None:
+            entry = self._decode(await client.hgetall(rkey))
+            if entry is not None and entry.expired():
+                await self._drop(client, [rkey])
+                return None
+            return entry
+
+        return await self._run(op)
+
+    async def search(
+        self, namespace: str, fingerprint: str, vector: np.ndarray, k: int
+    ) -> list[SearchHit]:
+        if k <= 0:
+            return []
+        query_vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query_vec.shape[0] != self.dim:
+            raise DimensionMismatch(f"query has {query_vec.shape[0]} dims, store has {self.dim}")
+        part = _digest(namespace, fingerprint)
+
+        async def op(client: Redis) -> Any:
+            # Filtered KNN: RediSearch's own heuristic brute-forces the filter's matches even
+            # when the partition is the whole index (linear time). Small partitions are best
+            # brute-forced (exact); large ones walk the HNSW graph in batches, filtered.
+            size = int(await client.hget(self._parts, part) or 0)
+            if size == 0:
+                return {}
+            if size <= self.exact_below:
+                attrs = "HYBRID_POLICY ADHOC_BF"
+            else:
+                attrs = f"HYBRID_POLICY BATCHES EF_RUNTIME {self.hnsw[2]}"
+            query = f"@tp:{{{part}}}=>[KNN $k @vec $b {attrs} AS dist]"
+            return await client.execute_command(
+                "FT.SEARCH", self.index, query, "PARAMS", "4", "k", str(k),
+                "b", query_vec.tobytes(), "SORTBY", "dist", "RETURN", str(len(_FIELDS)),
+                *_FIELDS, "LIMIT", "0", str(k), "DIALECT", "2",
+            )
+
+        reply = await self._run(op, indexed=True)
+        now = time.time()
+        hits: list[SearchHit] = []
+        for row in _info_get(reply, "results") or []:
+            entry = self._decode(_info_get(row, "extra_attributes") or {})
+            if entry is None or entry.vector is None or entry.expired(now):
+                continue
+            # Recompute exactly (Redis reports a rounded distance as text).
+            hits.append(SearchHit(entry, float(entry.vector @ query_vec)))
+        hits.sort(key=lambda h: -h.similarity)
+        return hits
+
+    async def record_hit(self, namespace: str, key: str) -> None:
+        rkey = self._entry_key(namespace, key)
+
+        async def op(client: Redis) -> None:
+            await self._scripts["hit"](keys=[rkey, self._lru], args=[repr(time.time())])
+
+        await self._run(op)
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        rkey = self._entry_key(namespace, key)
+
+        async def op(client: Redis) -> int:
+            return await self._drop(client, [rkey])
+
+        return bool(await self._run(op))
+
+    async def clear(self, namespace: str | None = None) -> int:
+        """Scan the entry keys (not the index, so this also works when the index is missing
+        or was built for another dimension). Clearing everything drops the index *first*:
+        deleting a hash that is still indexed also unlinks it from the HNSW graph (~ms each
+        at 100k entries), and a fresh index is how a dimension mismatch is resolved."""
+        pattern = _glob_escape(self._ns_prefix(namespace) if namespace is not None
+                               else f"{self.prefix}:e:") + "*"
+
+        async def op(client: Redis) -> int:
+            if namespace is None:
+                self._index_ready = False
+                try:
+                    await client.execute_command("FT.DROPINDEX", self.index)
+                except ResponseError as exc:
+                    if not _no_index(exc):
+                        raise
+            removed = 0
+            batch: list[str] = []
+            async for raw in client.scan_iter(match=pattern, count=1000):
+                batch.append(_s(raw))
+                if len(batch) >= 500:
+                    removed += await self._drop(client, batch)
+                    batch = []
+            removed += await self._drop(client, batch)
+            if namespace is None:
+                await client.delete(*self._book_keys)
+            return removed
+
+        return await self._run(op)
+
+    async def list_entries(
+        self, namespace: str | None = None, limit: int = 100, offset: int = 0, query: str = ""
+    ) -> list[CacheEntry]:
+        ns_prefix = None if namespace is None else self._ns_prefix(namespace)
+        needle = query.lower()
+
+        async def op(client: Redis) -> list[CacheEntry]:
+            out: list[CacheEntry] = []
+            skipped, start, now, page = 0, 0, time.time(), 256
+            while len(out) < limit:
+                members = await client.zrevrange(self._lru, start, start + page - 1)
+                if not members:
+                    break
+                start += page
+                keys = [_s(m) for m in members]
+                if ns_prefix is not None:
+                    keys = [k for k in keys if k.startswith(ns_prefix)]
+                pipe = client.pipeline(transaction=False)
+                for k in keys:
+                    pipe.hgetall(k)
+                for raw in await pipe.execute():
+                    entry = self._decode(raw)
+                    if entry is None or entry.expired(now):
+                        continue
+                    if needle and needle not in entry.question.lower():
+                        continue
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    out.append(entry)
+                    if len(out) >= limit:
+                        break
+            return out
+
+        return await self._run(op)
+
+    async def stats(self, namespace: str | None = None) -> StoreStats:
+        async def op(client: Redis) -> Any:
+            return await client.execute_command(
+                "FT.AGGREGATE", self.index, "*", "LOAD", "4", "@ns", "@h", "@s", "@hv",
+                "TIMEOUT", "30000", "GROUPBY", "1", "@ns",
+                "REDUCE", "COUNT", "0", "AS", "n", "REDUCE", "SUM", "1", "@h", "AS", "hits",
+                "REDUCE", "SUM", "1", "@s", "AS", "bytes", "REDUCE", "SUM", "1", "@hv", "AS",
+                "vecs", "DIALECT", "2",
+            )
+
+        reply = await self._run(op, indexed=True)
+        namespaces: dict[str, int] = {}
+        entries = size = hits = vectors = 0
+        for row in _info_get(reply, "results") or []:
+            f = {_s(k): _s(v) for k, v in (_info_get(row, "extra_attributes") or {}).items()}
+            ns, n = f.get("ns", ""), int(float(f.get("n", "0")))
+            namespaces[ns] = n
+            if namespace is None or ns == namespace:
+                entries += n
+                hits += int(float(f.get("hits", "0")))
+                size += int(float(f.get("bytes", "0")))
+                vectors += int(float(f.get("vecs", "0")))
+        return StoreStats(entries, size, hits, namespaces, self.backend, vectors, self._errors)
+
+    async def try_lock(self, name: str, ttl_seconds: float) -> bool:
+        token = uuid.uuid4().hex
+        lock_key = f"{self.prefix}:lock:{name}"
+
+        async def op(client: Redis) -> bool:
+            ms = max(1, int(ttl_seconds * 1000))
+            return bool(await client.set(lock_key, token, nx=True, px=ms))
+
+        taken = await self._run(op)
+        if taken:
+            self._tokens[name] = token
+        return taken
+
+    async def unlock(self, name: str) -> None:
+        token = self._tokens.pop(name, None)
+        if token is None:
+            return
+        lock_key = f"{self.prefix}:lock:{name}"
+
+        async def op(client: Redis) -> None:
+            await self._scripts["unlock"](keys=[lock_key], args=[token])
+
+        await self._run(op)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._run(lambda client: client.ping()))
+        except StoreError:
+            return False
+
+    async def close(self) -> None:
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            aclose = getattr(client, "aclose", None) or client.close  # redis-py 5 renamed it
+            try:
+                await aclose()
+            except (RedisError, OSError, RuntimeError):
+                pass  # closing a client of a finished event loop: nothing left to release
+
+
+def _info_get(info: Any, name: str) -> Any:
+    """Field of a RESP3 map reply (keys arrive as bytes)."""
+    if isinstance(info, dict):
+        return info.get(name.encode(), info.get(name))
+    return None
+
+
+def _index_dim(info: Any) -> int | None:
+    for attr in _info_get(info, "attributes") or []:
+        if isinstance(attr, dict) and _s(_info_get(attr, "type") or "") == "VECTOR":
+            dim = _info_get(attr, "dim")
+            return None if dim is None else int(dim)
+    return None

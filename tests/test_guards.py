@@ -1,0 +1,109 @@
+"""Rule guards: each veto on its own cases in English, Portuguese and Chinese."""
+
+from __future__ import annotations
+
+import pytest
+
+from reprise.cache.guards import (
+    GuardResult,
+    antonym_guard,
+    detect_language,
+    entity_guard,
+    language_guard,
+    negation_guard,
+    number_guard,
+    numbers,
+    run_guards,
+)
+
+REJECT = [
+    ("What is the capital of France?", "What is the capital of Germany?", "entities"),
+    ("capital of France", "capital of Germany", "entities"),
+    ("how to enable dark mode", "how to disable dark mode", "antonyms"),
+    ("开启蓝牙", "关闭蓝牙", "antonyms"),
+    ("iPhone 14 price", "iPhone 15 price", "numbers"),
+    ("北京今天天气怎么样", "上海今天天气怎么样", "entities"),
+    ("Qual é a capital da França?", "Qual é a capital da Alemanha?", "entities"),
+    ("como aumentar o volume do celular", "como diminuir o volume do celular", "antonyms"),
+    ("onde comprar um carro usado", "onde vender um carro usado", "antonyms"),
+    ("how to increase my credit limit", "how to decrease my credit limit", "antonyms"),
+    ("如何增加信用额度", "如何减少信用额度", "antonyms"),
+    ("Why is Python slow?", "Why is Python not slow?", "negation"),
+    ("Posso tomar café grávida?", "Não posso tomar café grávida?", "negation"),
+    ("这个软件能用", "这个软件不能用", "negation"),
+    ("best laptops of 2019", "best laptops of 2020", "numbers"),
+    ("top 10 movies", "top ten movies of all time 20", "numbers"),
+    ("第二次世界大战", "第一次世界大战", "numbers"),
+    ("What is a distributed system?", "O que é um sistema distribuído?", "language"),
+    ("What is a distributed system?", "什么是分布式系统？", "language"),
+]
+
+ACCEPT = [
+    ("O que são sistemas distribuídos?", "Explique sistemas distribuídos"),
+    ("How do I learn Python?", "What is the best way to learn Python?"),
+    ("怎么学习英语", "如何学好英语"),
+    ("Is it true that cats sleep a lot?", "Do cats sleep a lot?"),
+    ("O gato está no sofá", "O gato está sentado no sofá"),  # "no" = "in the" in Portuguese
+    ("这个是不是真的", "这个是真的吗"),  # A-not-A is a yes/no question, not a negation
+    ("I have two cats", "I have 2 cats"),
+    ("Eu tenho dois gatos", "Eu tenho 2 gatos"),
+    ("我有两只猫", "我有2只猫"),
+    ("weight 1,5 kg", "weight 1.5 kg"),
+    ("population 1,000,000", "population 1000000"),
+    ("What is the 3rd planet?", "Which is the third planet?"),
+]
+
+
+@pytest.mark.parametrize(("query", "candidate", "word"), REJECT)
+def test_rejects_answer_changing_differences(query: str, candidate: str, word: str) -> None:
+    result = run_guards(query, candidate)
+    assert not result.ok
+    assert result.reason is not None and word.rstrip("s") in result.reason
+    # Symmetric: the stored and the asked question can swap roles.
+    assert not run_guards(candidate, query).ok
+
+
+@pytest.mark.parametrize(("query", "candidate"), ACCEPT)
+def test_accepts_paraphrases(query: str, candidate: str) -> None:
+    assert run_guards(query, candidate) == GuardResult(True, None)
+
+
+def test_identical_text_always_passes() -> None:
+    assert run_guards("Is it not 2 o'clock?", "is it not 2 o'clock?").ok
+
+
+def test_numbers_are_canonical_across_languages() -> None:
+    assert numbers("two") == numbers("2") == numbers("dois") == numbers("二") == {"2"}
+    assert numbers("两个") == {"2"}
+    assert numbers("1,5") == numbers("1.5") == {"1.5"}
+    assert numbers("2nd") == numbers("second") == numbers("第二") == {"#2"}
+    assert numbers("15k") == {"15000"}
+    # Articles and set phrases are not quantities.
+    assert numbers("um carro") == numbers("一下") == numbers("which one") == frozenset()
+
+
+def test_each_guard_is_importable_and_specific() -> None:
+    assert number_guard("iPhone 14", "iPhone 15") is not None
+    assert number_guard("iPhone price", "iPhone 15 price") is not None
+    assert number_guard("iPhone 15", "iPhone fifteen") is None
+    assert entity_guard("capital of France", "capital of Germany") is not None
+    assert entity_guard("learn Python", "learn Python programming at MIT") is None
+    assert negation_guard("I can swim", "I can't swim") is not None
+    assert negation_guard("有没有优惠", "有优惠吗") is None
+    assert antonym_guard("comprar ações", "vender ações") is not None
+    assert antonym_guard("buy and sell stocks", "sell stocks") is None
+    assert language_guard("iPhone 15", "iPhone 15 preço") is None  # too little evidence
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("What is the best way to learn?", "en"),
+        ("Qual é a melhor forma de aprender?", "pt"),
+        ("学习的最好方法是什么", "zh"),
+        ("iPhone 15", ""),
+        ("", ""),
+    ],
+)
+def test_detect_language(text: str, lang: str) -> None:
+    assert detect_language(text) == lang

@@ -1,0 +1,61 @@
+"""The learned verifier: shipped weights load, behave sensibly and are documented."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from reprise.cache.verifier import FEATURES, WEIGHTS_PATH, Verifier, pair_features
+
+
+@pytest.fixture(scope="module")
+def verifier() -> Verifier:
+    return Verifier.load()
+
+
+def test_features_have_the_declared_shape() -> None:
+    f = pair_features("How do I learn Python?", "Best way to learn Python?", 0.9)
+    assert f.shape == (len(FEATURES),) and np.all(np.isfinite(f))
+    assert f[FEATURES.index("cosine")] == pytest.approx(0.9)
+
+
+def test_scores_are_probabilities(verifier: Verifier) -> None:
+    x = np.stack([pair_features("a b c", "a b d", c) for c in (0.2, 0.8, 0.99)])
+    p = verifier.predict(x)
+    assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_paraphrase_scores_above_entity_swap(verifier: Verifier) -> None:
+    para = verifier.score("How can I lose weight fast?", "What is the fastest way to lose weight?",
+                          0.91)
+    swap = verifier.score("Who is the president of Brazil?", "Who is the president of Chile?",
+                          0.91)
+    assert para > verifier.config.cutoff > swap
+
+
+def test_same_question_is_certain(verifier: Verifier) -> None:
+    assert verifier.score("What is the capital of France?", "what is the capital of france", 0.9) \
+        == 1.0
+
+
+def test_lower_threshold_relaxes_cutoff(verifier: Verifier) -> None:
+    t = verifier.config.threshold
+    assert verifier.cutoff_for(None) == verifier.config.cutoff
+    assert verifier.cutoff_for(t - 0.1) <= verifier.cutoff_for(t) <= verifier.cutoff_for(t + 0.05)
+    assert 0.0 <= verifier.cutoff_for(-5) and verifier.cutoff_for(5) <= 1.0
+
+
+def test_weights_for_other_features_are_refused() -> None:
+    weights = json.loads(WEIGHTS_PATH.read_text())
+    weights["features"] = weights["features"][:-1]
+    with pytest.raises(ValueError):
+        Verifier(weights)
+
+
+def test_training_data_is_recorded_beside_the_weights() -> None:
+    card = WEIGHTS_PATH.with_suffix(".md").read_text()
+    for split in ("qqp_pairs_40k.tsv", "LCQMC `dev.txt`", "BQ `dev.csv`", "assin2-dev.xml"):
+        assert split in card
+    assert "test.txt" not in card.replace("No report split", "")
