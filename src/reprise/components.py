@@ -16,7 +16,9 @@ from reprise.embed.base import Embedder
 from reprise.observability.metrics import Metrics
 from reprise.serving.chat import ChatService
 from reprise.store.base import Store
+from reprise.upstream.base import Upstream
 from reprise.upstream.client import UpstreamClient
+from reprise.upstream.router import FailoverUpstream, Target
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class Components:
     store: Store
     embedder: Embedder | None
     cache: CacheService
-    upstream: UpstreamClient
+    upstream: Upstream
     chat: ChatService
     metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)
@@ -67,12 +69,31 @@ def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
     )
 
 
+def build_upstream(settings: Settings) -> Upstream:
+    """One model server, or a failover chain when fallbacks are configured."""
+
+    def client(url: str, api_key: str) -> UpstreamClient:
+        return UpstreamClient(url, api_key, connect_timeout=settings.upstream_connect_timeout,
+                              read_timeout=settings.upstream_read_timeout)
+
+    primary = client(settings.upstream_url, settings.upstream_api_key)
+    if not settings.upstream_fallbacks:
+        return primary
+    targets = [Target(settings.upstream_url, primary)]
+    for fb in settings.upstream_fallbacks:
+        if "url" not in fb:
+            raise ValueError("every entry of upstream_fallbacks needs a 'url'")
+        targets.append(Target(fb["url"], client(fb["url"], fb.get("api_key", "")),
+                              model=fb.get("model") or None))
+    return FailoverUpstream(targets, cooldown_seconds=settings.upstream_cooldown_seconds)
+
+
 def build_components(
     settings: Settings,
     *,
     store: Store | None = None,
     embedder: Embedder | None = None,
-    upstream: UpstreamClient | None = None,
+    upstream: Upstream | None = None,
 ) -> Components:
     from reprise.store.factory import make_store
 
@@ -85,12 +106,7 @@ def build_components(
         store, semantic, ttl_seconds=settings.cache_ttl_seconds,
         semantic_enabled=settings.semantic_enabled,
     )
-    upstream = upstream or UpstreamClient(
-        settings.upstream_url,
-        settings.upstream_api_key,
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_read_timeout,
-    )
+    upstream = upstream or build_upstream(settings)
     chat = ChatService(
         cache, upstream,
         distributed_lock_seconds=settings.single_flight_lock_seconds

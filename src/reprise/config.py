@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     upstream_model: str = "smollm2-135m-instruct"
     # Extra public model names mapped to upstream names, e.g. {"gpt-4o-mini": "llama3"}.
     model_map: dict[str, str] = Field(default_factory=dict)
+    # More model servers tried in order when the one above is down or answers 5xx before the
+    # first token, e.g. [{"url": "https://api.deepseek.com/v1", "api_key": "...",
+    # "model": "deepseek-chat"}]; `model` (optional) replaces the upstream model name.
+    upstream_fallbacks: list[dict[str, str]] = Field(default_factory=list)
+    upstream_cooldown_seconds: float = 30.0
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 300.0
     # Price per 1M tokens used to report the money a hit saved (0 = local model).
@@ -79,6 +84,8 @@ class Settings(BaseSettings):
     store: Literal["sqlite", "memory", "redis"] = "sqlite"
     data_dir: Path = Path("./data")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Key prefix (and index name) in Redis: deployments sharing one server stay apart.
+    redis_prefix: str = "reprise"
     cache_ttl_seconds: int = 7 * 24 * 3600
     cache_max_bytes: int = 512 * 1024 * 1024
     default_namespace: str = "default"

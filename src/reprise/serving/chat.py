@@ -16,7 +16,7 @@ from reprise.cache.keys import RequestKeys, request_keys
 from reprise.cache.service import CachePolicy, CacheService, LookupResult, Tier
 from reprise.cache.single_flight import Flight, SingleFlight
 from reprise.serving.format import assemble, cached_usage, is_complete, new_id, replay_chunks
-from reprise.upstream.client import UpstreamClient
+from reprise.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ChatService:
     def __init__(
         self,
         cache: CacheService,
-        upstream: UpstreamClient,
+        upstream: Upstream,
         *,
         distributed_lock_seconds: float | None = None,
     ) -> None:
