@@ -17,9 +17,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from tests_support.gateway import ask, running_gateway, sse_events, stream_text
 
 from reprise.testing.upstream import ServerThread, start_fake_upstream
+from tests_support.gateway import ask, running_gateway, sse_events, stream_text
 
 
 def _dead_url() -> str:
@@ -93,7 +93,7 @@ def test_5xx_before_first_token_fails_over_when_streaming(
 
 def test_request_rejected_by_the_server_is_not_retried(tmp_path: Path,
                                                       fallback: tuple[str, Any]) -> None:
-    url, state = fallback
+    url, _ = fallback
     other, other_state = start_fake_upstream()
     try:
         fb = [{"url": other.url + "/v1"}]

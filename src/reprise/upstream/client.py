@@ -65,9 +65,8 @@ class UpstreamClient:
     def _map_exc(self, exc: Exception) -> UpstreamError:
         if isinstance(exc, httpx.TimeoutException):
             return UpstreamError(504, f"upstream model server at {self.base_url} timed out")
-        return UpstreamError(
-            502, f"upstream model server at {self.base_url} is unreachable: {exc.__class__.__name__}"
-        )
+        kind = exc.__class__.__name__
+        return UpstreamError(502, f"upstream at {self.base_url} is unreachable: {kind}")
 
     @staticmethod
     def _status_error(status: int, text: str) -> UpstreamError:
