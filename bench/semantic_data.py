@@ -26,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+CACHE_DIR = ROOT / ".cache" / "bench"  # embeddings of benchmark texts (gitignored)
 ASSIN_POSITIVE_SIMILARITY = 4.5
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import semantic_data as sd  # noqa: E402
-from reprise.cache.semantic import Assessment, SemanticLookup  # noqa: E402
+from reprise.cache.semantic import Assessment, SemanticLookup, embedding_text  # noqa: E402
 from reprise.cache.verifier import Verifier  # noqa: E402
 from reprise.embed.use import UseEmbedder  # noqa: E402
 from reprise.store.base import CacheEntry  # noqa: E402
@@ -71,6 +71,13 @@ class Outcomes:
         prec, rec = self.curve(mode, strict)
         ok = prec >= target
         return float(rec[ok].max()) if ok.any() else 0.0
+
+
+def embed_all(cache: sd.EmbeddingCache, embedder: UseEmbedder, texts: list[str]
+              ) -> dict[str, np.ndarray]:
+    """Vectors keyed by the raw text, computed from ``embedding_text`` as the cache does."""
+    return dict(zip(texts, cache.get_many([embedding_text(t) for t in texts],
+                                          embedder.embed_sync), strict=True))
 
 
 def entry(key: str, question: str, vector: np.ndarray) -> CacheEntry:
@@ -256,7 +263,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="500 pairs per set")
     ap.add_argument("--pairs", type=int, default=2000)
-    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "reprise-bench")
+    ap.add_argument("--cache-dir", type=Path, default=sd.CACHE_DIR)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if not sd.DATA.exists():
@@ -280,12 +287,12 @@ async def main() -> None:
         if name == "qqp":
             qqp_fill = fill
         texts = [t for p in pairs for t in (p.q1, p.q2)] + fill
-        vec = dict(zip(texts, cache.get_many(texts, embedder.embed_sync), strict=True))
+        vec = embed_all(cache, embedder, texts)
         results[name] = await run_pairs(name, pairs, fill, lookup, vec)
         print(f"{name}: {len(pairs)} pairs, {time.time() - t0:.0f}s", flush=True)
     mock = sd.mock_pairs()
     texts = [t for p in mock for t in (p.q1, p.q2)] + qqp_fill
-    vec = dict(zip(texts, cache.get_many(texts, embedder.embed_sync), strict=True))
+    vec = embed_all(cache, embedder, texts)
     results["gptcache-mock"] = await run_mock(mock, qqp_fill, lookup, vec)
     md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,32 +1,53 @@
-"""A real Redis Stack server for the test session (loaded via ``pytest_plugins``).
+"""A real Redis Stack server for the test session, and real gateway replica processes.
 
-Started once per session on a free loopback port from ``<project>/.cache/redis-stack``. When
-it cannot be installed (no apt, no network) the Redis tests skip locally and fail in CI, so a
-broken CI image cannot silently turn them green.
+Loaded via ``pytest_plugins``. The server is started once per session on a free loopback
+port from ``<project>/.cache/redis-stack``. When it cannot be installed (no apt, no network)
+the Redis tests skip locally and fail in CI, so a broken CI image cannot silently turn them
+green.
+
+``GatewayProcess`` runs ``python -m reprise.cli serve`` as a separate OS process: the
+multi-replica and fault tests need replicas that share nothing but Redis (no in-process
+single-flight registry, no shared event loop), and one that can be killed mid-request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from reprise.services.redis_stack import RedisServer, RedisStackUnavailable, start_server
+from reprise.services.redis_stack import (
+    RedisServer,
+    RedisStackUnavailable,
+    free_port,
+    start_server,
+)
 
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "redis-stack"
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def start_or_skip(data_dir: Path | None = None) -> RedisServer:
+    """A new server; skip locally (fail in CI) when Redis Stack cannot run here."""
     try:
-        server = start_server(CACHE_DIR)
+        return start_server(CACHE_DIR, data_dir=data_dir)
     except RedisStackUnavailable as exc:
         message = f"Redis Stack server unavailable: {exc}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_or_skip()
     with server:
         yield server
 
@@ -37,3 +58,95 @@ def redis_url(redis_server: RedisServer) -> str:
     if not redis_server.running:
         redis_server.start()
     return redis_server.url
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class GatewayProcess:
+    """One gateway replica: ``python -m reprise.cli serve`` with its own settings."""
+
+    def __init__(self, name: str, data_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.log_path = data_dir / f"{name}.log"
+        self.env = {
+            **os.environ,
+            "REPRISE_DATA_DIR": str(data_dir),
+            "REPRISE_LOG_LEVEL": "warning",
+            "REPRISE_JSON_LOGS": "false",
+            # Document chat shares the cache's embedder instead of loading a second model.
+            "REPRISE_RAG_EMBEDDER": env.get("REPRISE_EMBEDDER", "use"),
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "reprise.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
+        return self
+
+    def wait_ready(self, timeout: float = 180.0) -> GatewayProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"replica {self.name} exited: {self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=2.0).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        raise RuntimeError(f"replica {self.name} not ready after {timeout:.0f}s: "
+                           f"{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no shutdown hook runs (locks it holds are not released)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def gateway_replicas(count: int, base_dir: Path, env: dict[str, str]) -> Iterator[
+        list[GatewayProcess]]:
+    """Start ``count`` replicas (in parallel: each loads its own embedder) and stop them."""
+    replicas = [GatewayProcess(chr(ord("a") + i), base_dir / f"replica-{i}", env)
+                for i in range(count)]
+    try:
+        for r in replicas:
+            r.start()
+        for r in replicas:
+            r.wait_ready()
+        yield replicas
+    finally:
+        for r in replicas:
+            r.stop()

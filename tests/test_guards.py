@@ -107,3 +107,69 @@ def test_each_guard_is_importable_and_specific() -> None:
 )
 def test_detect_language(text: str, lang: str) -> None:
     assert detect_language(text) == lang
+
+
+# --- each guard on its own cases (called directly, so a case cannot pass through another guard)
+GUARD_CASES = {
+    number_guard: (
+        [("Python 3.11 release date", "Python 3.12 release date"),
+         ("Quanto custa 3 kg de arroz?", "Quanto custa 5 kg de arroz?"),
+         ("2019年的GDP", "2020年的GDP"),
+         ("第三季度财报", "第四季度财报")],
+        [("I have two cats", "I have 2 cats"),
+         ("Tenho vinte anos", "Tenho 20 anos"),
+         ("我有两只猫", "我有2只猫"),
+         ("How do I cancel my subscription?", "How can I cancel my subscription?")],
+    ),
+    entity_guard: (
+        [("Who founded Microsoft?", "Who founded Apple?"),
+         ("Quem escreveu Dom Casmurro?", "Quem escreveu Memórias Póstumas?"),
+         ("马云创办了哪家公司", "马化腾创办了哪家公司"),
+         ("如何在深圳办理护照", "如何在广州办理护照")],
+        [("How do I cancel my Netflix subscription?", "How can I cancel my Netflix subscription?"),
+         ("Como cancelar a assinatura da Netflix?", "Como faço para cancelar a Netflix?"),
+         ("北京有什么好吃的", "在北京吃什么好"),
+         ("learn Python", "how to learn python")],
+    ),
+    negation_guard: (
+        [("Is coffee bad for you?", "Is coffee not bad for you?"),
+         ("Eu gosto de café", "Eu não gosto de café"),
+         ("我喜欢咖啡", "我不喜欢咖啡"),
+         ("为什么没有信号", "为什么有信号")],
+        [("Why can't I log in?", "Why am I unable to log in? It does not work"),  # not + n't
+         ("O carro está no estacionamento?", "O carro fica no estacionamento?"),
+         ("这个是不是真的", "这个是真的吗"),
+         ("这家餐厅怎么样", "这家餐厅不错吧")],
+    ),
+    antonym_guard: (
+        [("How do I enable notifications?", "How do I disable notifications?"),
+         ("Como ativar o Bluetooth?", "Como desativar o Bluetooth?"),
+         ("怎么开启蓝牙", "怎么关闭蓝牙"),
+         ("Como ligar o computador?", "Como desligar o computador?"),
+         ("如何上传文件", "如何下载文件")],
+        [("How do I enable notifications?", "How do I turn on notifications?"),
+         ("Como ativar o Bluetooth?", "Como ligar o Bluetooth? Como ativar?"),
+         ("怎么开启蓝牙", "如何打开蓝牙"),
+         ("buy or sell a house", "sell or buy a house")],
+    ),
+    language_guard: (
+        [("How do I configure the router?", "Como configurar o roteador?"),
+         ("如何配置路由器", "Como configurar o roteador?"),
+         ("What is a distributed system?", "什么是分布式系统")],
+        [("How do I configure the router?", "How to set up the router?"),
+         ("iPhone 15", "iPhone 15 preço"),  # too little text to tell
+         ("What is 分布式系统 e como funciona?", "What is 分布式系统 e como funciona?")],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("guard", "query", "candidate", "fires"),
+    [(g, q, c, True) for g, (rej, _) in GUARD_CASES.items() for q, c in rej]
+    + [(g, q, c, False) for g, (_, acc) in GUARD_CASES.items() for q, c in acc],
+    ids=lambda v: getattr(v, "__name__", None) or (v if isinstance(v, str) else str(v))[:24],
+)
+def test_guard_on_its_own_cases(guard: object, query: str, candidate: str, fires: bool) -> None:
+    assert callable(guard)
+    assert (guard(query, candidate) is not None) is fires
+    assert (guard(candidate, query) is not None) is fires  # symmetric

@@ -202,3 +202,71 @@ def test_rag_with_real_model(llama_url: str, tmp_path: Path, data_dir: Path, e5:
         text = "".join((c.get("delta") or {}).get("content") or ""
                        for e in events if isinstance(e, dict) for c in e.get("choices", []))
         assert text.strip()
+
+
+def test_cli_client_ingests_with_progress_and_per_file_errors(gw: Any, data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """``reprise ingest``'s client against the real gateway: it creates the collection,
+    uploads in batches, follows the jobs and reports every file's outcome."""
+    from rich.console import Console
+
+    from reprise.rag.client import ingest_files
+
+    client, _, _ = gw
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Notas\n\nO feriado foi transferido para segunda.\n")
+    (folder / "ignored.bin").write_bytes(b"\x00\x01")  # not a document type: not walked
+    law = data_dir / "documents" / DOCS[2]
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=False)
+    base = str(client.base_url)
+    # The client sends no namespace header, so it works in the default namespace.
+    ok = ingest_files(base, "cli", [folder, law], console, batch_files=1)
+    assert ok, out.getvalue()
+    text = out.getvalue()
+    assert "✓ notes.md: 1 pages" in text and f"✓ {law.name}" in text
+    assert "ignored.bin" not in text
+    with httpx.Client(base_url=base, timeout=30) as plain:
+        docs = plain.get("/v1/collections/cli/documents").json()["data"]
+        assert sorted(d["filename"] for d in docs) == sorted(["notes.md", law.name])
+    # again: duplicates are fine; a bad file and a missing path make it fail, with reasons
+    (folder / "setup.pdf").write_bytes(b"MZ" + bytes(range(256)))
+    out.seek(0)
+    out.truncate()
+    ok = ingest_files(base, "cli", [folder, tmp_path / "missing.pdf"], console)
+    text = out.getvalue()
+    assert not ok
+    assert "missing.pdf: no such file or directory" in text
+    assert "= notes.md: already in the collection" in text
+    assert "✗ setup.pdf: unsupported_type:" in text
+    # an unreachable gateway is reported, not raised
+    out.seek(0)
+    out.truncate()
+    assert not ingest_files("http://127.0.0.1:9", "cli", [folder], console)
+    assert "✗" in out.getvalue()
+
+
+def test_documents_live_in_redis_when_the_store_is_redis(fake_upstream: Any, tmp_path: Path,
+                                                         e5: Any, redis_url: str,
+                                                         data_dir: Path) -> None:
+    from reprise.rag.chunk_index_redis import RedisChunkIndex
+
+    url, _ = fake_upstream
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    with running_gateway(url, tmp_path, store="redis", redis_url=redis_url,
+                         redis_prefix=prefix, rag_embedder=e5) as (base, comp), \
+            httpx.Client(base_url=base, timeout=120) as client:
+        index = comp.extras["rag"].index
+        assert isinstance(index, RedisChunkIndex) and index.prefix == f"{prefix}:rag"
+        client.post("/v1/collections", json={"name": "law"})
+        job = upload(client, "law", [("law.md", read(data_dir, DOCS[2]))])
+        assert job["state"] == "done"
+        found = client.post("/v1/collections/law/search",
+                            json={"query": "敏感个人信息包括哪些？", "k": 3}).json()["data"]
+        assert found[0]["document"] == "law.md" and "敏感个人信息" in found[0]["text"]
+        assert set(found[0]["legs"]) == {"dense", "bm25"}
+        doc_id = job["files"][0]["document_id"]
+        assert client.delete(f"/v1/collections/law/documents/{doc_id}").status_code == 200
+        assert client.post("/v1/collections/law/search",
+                           json={"query": "敏感个人信息", "k": 3}).json()["data"] == []

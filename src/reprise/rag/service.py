@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from reprise.components import Components
     from reprise.config import Settings
     from reprise.embed.base import Embedder
+    from reprise.rag.chunk_index import ChunkIndex
+    from reprise.rag.retrieve import HybridRetriever
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,22 @@ def collection_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def make_chunk_index(settings: Settings, dim: int) -> ChunkIndex:
+    """The chunk index in the configured store: Redis when the cache is on Redis (replicas
+    share it), else one SQLite file in the data directory (``memory`` included: documents
+    are worth keeping across restarts even when cache entries are not)."""
+    if settings.store == "redis":
+        from reprise.rag.chunk_index_redis import RedisChunkIndex
+
+        return RedisChunkIndex(settings.redis_url, dim, prefix=f"{settings.redis_prefix}:rag")
+    from reprise.rag.chunk_index import SQLiteChunkIndex
+
+    return SQLiteChunkIndex(settings.data_dir / "documents.sqlite3", dim)
+
+
 class RagService:
-    def __init__(self, settings: Settings, catalog: Catalog, index: Any, retriever: Any,
-                 embedder: Embedder) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, index: ChunkIndex,
+                 retriever: HybridRetriever, embedder: Embedder) -> None:
         self.settings = settings
         self.catalog = catalog
         self.index = index
@@ -54,7 +69,6 @@ class RagService:
     @classmethod
     def from_components(cls, comp: Components, embedder: Embedder | None = None) -> RagService:
         from reprise.components import build_embedder
-        from reprise.rag.chunk_index import SQLiteChunkIndex
         from reprise.rag.rerank import default_reranker
         from reprise.rag.retrieve import HybridRetriever
 
@@ -66,8 +80,9 @@ class RagService:
         else:
             embedder = build_embedder(settings, settings.rag_embedder)
         data = settings.data_dir
-        index = SQLiteChunkIndex(data / "documents.sqlite3", embedder.dim)
-        retriever = HybridRetriever(index, embedder, default_reranker(embedder))
+        index = make_chunk_index(settings, embedder.dim)
+        retriever = HybridRetriever(index, embedder, default_reranker(embedder),
+                                    min_similarity=settings.rag_min_score)
         return cls(settings, Catalog(data / "catalog.sqlite3"), index, retriever, embedder)
 
     # -- collections ---------------------------------------------------------------------------

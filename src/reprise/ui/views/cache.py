@@ -1,0 +1,129 @@
+"""Cache page: the entries of a namespace (question, tier, hits, age, TTL), search, delete.
+
+"Tier" says how an entry can be served: every entry answers the exact tier; those stored
+with a question vector also answer paraphrases through the semantic tier.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from reprise.ui import context, flash
+from reprise.ui.client import GatewayError, GatewayUnavailable
+from reprise.ui.format import seconds
+from reprise.ui.messages import explain
+
+NAMESPACE_KEY = "cache_namespace"
+QUERY_KEY = "cache_query"
+DELETE_KEY = "cache_delete_choice"
+LIMIT = 200
+
+
+def _stats(ctx: context.UIContext) -> dict[str, Any]:
+    """All namespaces for an admin; a tenant key sees only its own."""
+    try:
+        return ctx.client.cache_stats(all_namespaces=True)
+    except GatewayError as exc:
+        if exc.status != 403:
+            raise
+        return ctx.client.cache_stats(ctx.namespace)
+
+
+def _settings_panel(stats: dict[str, Any]) -> None:
+    a, b, c, d = st.columns(4)
+    enabled = stats.get("semantic_enabled")
+    a.metric("Semantic threshold", f"{stats.get('semantic_threshold', 0):.2f}"
+             if enabled else "off",
+             help="Cosine similarity a paraphrase needs before the guards check it "
+                  "(REPRISE_SEMANTIC_THRESHOLD; per request: X-Reprise-Threshold)")
+    b.metric("Embedder", stats.get("embedder") or "none")
+    c.metric("Default TTL", seconds(stats.get("ttl_seconds")))
+    d.metric("Store", stats.get("backend", "?"),
+             help=f"{stats.get('entries', 0)} entries, {stats.get('bytes', 0) / 1e6:.1f} MB, "
+                  f"{stats.get('store_errors', 0)} store errors")
+
+
+def _rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{
+        "question": e["question"],
+        "tier": "exact + semantic" if e.get("semantic") else "exact",
+        "hits": e["hits"],
+        "age": seconds(e["age_seconds"]),
+        "TTL": seconds(e["ttl_seconds"]),
+        "model": e.get("model", ""),
+        "tokens": int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0),
+        "answer": e.get("answer_preview", ""),
+        "key": e["key"][:16],
+    } for e in entries]
+
+
+def _delete_one(ctx: context.UIContext, namespace: str, entries: list[dict[str, Any]]) -> None:
+    by_key = {e["key"]: e for e in entries}
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    key = left.selectbox("Delete one entry", list(by_key), key=DELETE_KEY, index=None,
+                         placeholder="choose an entry",
+                         format_func=lambda k: f"{by_key[k]['question'][:90]}  ({k[:8]})")
+    if right.button("Delete", icon=":material/delete:", disabled=key is None,
+                    key="cache_delete"):
+        try:
+            ctx.client.delete_entry(namespace, str(key))
+            flash.flash("success", f"Deleted the entry for “{by_key[str(key)]['question']}”.")
+        except GatewayError as exc:
+            flash.flash("error", f"Could not delete it: {explain(exc)}")
+        st.session_state.pop(DELETE_KEY, None)
+        st.rerun()
+
+
+def _clear(ctx: context.UIContext, namespace: str, count: int) -> None:
+    with st.expander(f"Clear the namespace “{namespace}”"):
+        sure = st.checkbox(f"Yes, delete all {count} entries of “{namespace}”",
+                           key="cache_confirm_clear")
+        if st.button("Clear namespace", type="primary", disabled=not sure, key="cache_clear"):
+            try:
+                n = ctx.client.clear_namespace(namespace)
+                flash.flash("success", f"Cleared {n} entries from “{namespace}”.")
+            except GatewayError as exc:
+                flash.flash("error", f"Could not clear it: {explain(exc)}")
+            st.session_state.pop("cache_confirm_clear", None)
+            st.rerun()
+
+
+def _page(ctx: context.UIContext) -> None:
+    stats = _stats(ctx)
+    _settings_panel(stats)
+    counts: dict[str, int] = dict(stats.get("namespaces") or {})
+    names = sorted({*counts, ctx.namespace})
+    if st.session_state.get(NAMESPACE_KEY) not in names:
+        st.session_state[NAMESPACE_KEY] = ctx.namespace
+    left, right = st.columns([1, 2])
+    namespace = left.selectbox("Namespace", names, key=NAMESPACE_KEY,
+                               format_func=lambda n: f"{n} ({counts.get(n, 0)} entries)")
+    query = right.text_input("Search questions", key=QUERY_KEY, placeholder="text to look for")
+    entries = ctx.client.cache_entries(namespace, query=query.strip(), limit=LIMIT)
+    if not entries:
+        st.info("No entries match." if query.strip() else
+                "This namespace is empty: ask something on the Chat page.")
+    else:
+        st.caption(f"{len(entries)} entries, most recently used first"
+                   + (f" (first {LIMIT})" if len(entries) == LIMIT else ""))
+        st.dataframe(_rows(entries), hide_index=True, width="stretch",
+                     column_config={"hits": st.column_config.NumberColumn(format="%d"),
+                                    "question": st.column_config.TextColumn(width="large")})
+        _delete_one(ctx, namespace, entries)
+    _clear(ctx, namespace, counts.get(namespace, 0))
+
+
+def render() -> None:
+    ctx = context.current()
+    st.title("Cache")
+    flash.show()
+    try:
+        _page(ctx)
+    except (GatewayUnavailable, GatewayError) as exc:
+        st.error(explain(exc), icon=":material/error:")
+
+
+if __name__ == "__main__":  # run as a page script by st.navigation
+    render()

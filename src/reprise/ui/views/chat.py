@@ -1,0 +1,159 @@
+"""Chat page: streamed answers, each with its cache badge, sources and a bypass button.
+
+Each question goes to the gateway on its own by default (no history), like the cache demos
+users copy: asking the same thing twice then shows the hit. Turning on "send the
+conversation" makes earlier turns part of the request, and so of the cache key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+from reprise.ui import context
+from reprise.ui.client import ChatResult, GatewayError, GatewayUnavailable
+from reprise.ui.format import badge_markdown
+from reprise.ui.messages import explain
+
+TURNS_KEY = "chat_turns"
+PENDING_KEY = "chat_pending"
+COLLECTION_KEY = "chat_collection"
+HISTORY_KEY = "chat_send_history"
+NO_COLLECTION = "(no collection: plain chat)"
+QUOTE_CHARS = 700
+
+
+@dataclass
+class Turn:
+    question: str
+    collection: str | None
+    bypass: bool
+    result: ChatResult = field(default_factory=ChatResult)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+def _turns() -> list[Turn]:
+    turns: list[Turn] = st.session_state.setdefault(TURNS_KEY, [])
+    return turns
+
+
+def _ask_again(turn_id: str) -> None:
+    """Button callback: queue the same question with ``Cache-Control: no-cache``."""
+    for turn in _turns():
+        if turn.id == turn_id:
+            st.session_state[PENDING_KEY] = Turn(turn.question, turn.collection, bypass=True)
+
+
+def _sources(citations: list[dict[str, Any]]) -> None:
+    with st.expander(f"Sources ({len(citations)})", expanded=False):
+        for i, c in enumerate(citations, 1):
+            doc = c.get("document") or c.get("filename") or c.get("document_id") or "?"
+            page = c.get("page")
+            st.markdown(f"**[{c.get('index', i)}] {doc}**" + (f" — page {page}" if page else ""))
+            text = str(c.get("text") or "").strip()
+            if len(text) > QUOTE_CHARS:
+                text = text[:QUOTE_CHARS].rsplit(" ", 1)[0] + " …"
+            if text:
+                st.markdown("\n".join("> " + line for line in text.splitlines() if line.strip()))
+
+
+def _footer(turn: Turn, ctx: context.UIContext) -> None:
+    r = turn.result
+    if r.error:
+        st.error(r.error, icon=":material/error:")
+    if r.tier != "?":
+        st.markdown(badge_markdown(r, ctx.price_per_1k / 1000.0))
+    if r.tier == "semantic" and r.matched_question:
+        st.caption(f"Matched the earlier question: “{r.matched_question}”")
+    if r.citations:
+        _sources(r.citations)
+    st.button("Ask again, bypassing the cache", key=f"bypass_{turn.id}",
+              icon=":material/refresh:", on_click=_ask_again, args=(turn.id,),
+              help="Sends Cache-Control: no-cache: the model answers and the cache is refreshed")
+
+
+def _show(turn: Turn, ctx: context.UIContext) -> None:
+    with st.chat_message("user"):
+        label = f"  \n:gray[collection **{turn.collection}**]" if turn.collection else ""
+        again = "  \n:gray[asked again, bypassing the cache]" if turn.bypass else ""
+        st.markdown(turn.question + label + again)
+    with st.chat_message("assistant"):
+        if turn.result.text:
+            st.markdown(turn.result.text)
+        _footer(turn, ctx)
+
+
+def _messages(turn: Turn) -> list[dict[str, Any]]:
+    msgs: list[dict[str, Any]] = []
+    if st.session_state.get(HISTORY_KEY):
+        for past in _turns():
+            if past.result.text and not past.result.error:
+                msgs += [{"role": "user", "content": past.question},
+                         {"role": "assistant", "content": past.result.text}]
+    return [*msgs, {"role": "user", "content": turn.question}]
+
+
+def _run(turn: Turn, ctx: context.UIContext) -> None:
+    """Ask the gateway, streaming the answer into the page, then keep the turn."""
+    with st.chat_message("user"):
+        st.markdown(turn.question)
+    with st.chat_message("assistant"):
+        stream = ctx.client.chat_stream(_messages(turn), collection=turn.collection,
+                                        bypass_cache=turn.bypass)
+        try:
+            st.write_stream(stream)
+        except GatewayUnavailable as exc:
+            stream.result.error = explain(exc)
+        except GatewayError as exc:
+            stream.result.error = f"The gateway refused or failed this question. {explain(exc)}"
+        turn.result = stream.result
+        _footer(turn, ctx)
+    _turns().append(turn)
+
+
+def _collection_names(ctx: context.UIContext) -> list[str]:
+    try:
+        return [c["name"] for c in ctx.client.collections()]
+    except GatewayError as exc:
+        if exc.code != "rag_disabled":
+            st.warning(f"Could not list document collections. {explain(exc)}")
+        return []
+
+
+def render() -> None:
+    ctx = context.current()
+    st.title("Chat")
+    try:
+        names = _collection_names(ctx)
+    except GatewayUnavailable as exc:
+        st.error(explain(exc), icon=":material/cloud_off:")
+        return
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    options = [NO_COLLECTION, *names]
+    if st.session_state.get(COLLECTION_KEY) not in options:
+        st.session_state[COLLECTION_KEY] = NO_COLLECTION
+    choice = left.selectbox("Answer from documents", options, key=COLLECTION_KEY,
+                            help="Pick a collection to chat with its documents (RAG)")
+    right.toggle("Send the conversation", key=HISTORY_KEY,
+                 help="Off: each question is sent alone, so a repeated question can hit "
+                      "the cache. On: earlier turns are part of the request and of its key.")
+    if st.button("Clear the conversation", icon=":material/delete_sweep:",
+                 disabled=not _turns()):
+        st.session_state[TURNS_KEY] = []
+    collection = None if choice == NO_COLLECTION else choice
+
+    for turn in _turns():
+        _show(turn, ctx)
+    pending: Turn | None = st.session_state.pop(PENDING_KEY, None)
+    question = st.chat_input("Ask a question (ask it twice to see a cache hit)")
+    if question and question.strip():
+        pending = Turn(question.strip(), collection, bypass=False)
+    if pending is not None:
+        _run(pending, ctx)
+
+
+if __name__ == "__main__":  # run as a page script by st.navigation
+    render()

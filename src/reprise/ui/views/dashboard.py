@@ -1,0 +1,100 @@
+"""Dashboard: hit rate over time by tier, latency of hits vs misses, savings, errors.
+
+The gateway keeps its recent chat requests in memory (``/admin/events``, since it started);
+upstream failures come from its Prometheus counters (``/metrics``), which also count the
+failures that never produced an answer event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from reprise.ui import charts, context
+from reprise.ui.client import GatewayError, GatewayUnavailable
+from reprise.ui.format import duration, money
+from reprise.ui.messages import explain
+
+AUTO_KEY = "dash_auto_refresh"
+REFRESH_SECONDS = 5
+
+
+def _events(ctx: context.UIContext) -> tuple[list[dict[str, Any]], str]:
+    """Every namespace for an admin; a tenant key sees its own requests only."""
+    try:
+        return ctx.client.events(all_namespaces=True), "all namespaces"
+    except GatewayError as exc:
+        if exc.status != 403:
+            raise
+        return ctx.client.events(all_namespaces=False), f"namespace {ctx.namespace}"
+
+
+def _upstream_errors(ctx: context.UIContext) -> dict[str, float]:
+    samples = ctx.client.metric_samples("reprise_upstream_errors_total")
+    return {labels.get("status", "?"): value for labels, value in samples if value}
+
+
+def _body(ctx: context.UIContext) -> None:
+    events, scope = _events(ctx)
+    summary = charts.summarize(events)
+    errors = _upstream_errors(ctx)
+    note = ""
+    if summary.by_tier["exact"] + summary.by_tier["semantic"] and not summary.saved_tokens:
+        note = (" Hits saved no counted tokens: the model reports no token usage (llama.cpp's"
+                " server does not when streaming).")
+    st.caption(f"{summary.requests} chat requests since the gateway started ({scope})."
+               + note)
+    a, b, c, d, e = st.columns(5)
+    a.metric("Hit rate", f"{summary.hit_rate:.0%}",
+             help=f"exact {summary.by_tier['exact']}, semantic {summary.by_tier['semantic']},"
+                  f" miss {summary.by_tier['miss']}, bypass {summary.by_tier['bypass']}")
+    b.metric("Tokens saved", f"{summary.saved_tokens:,}")
+    c.metric("≈ Cost saved", money(ctx.cost(summary.saved_tokens)),
+             help=f"at the sidebar's price; the gateway's own estimate (its prompt and "
+                  f"completion prices) is {money(summary.gateway_saved_cost)}")
+    d.metric("Median latency",
+             duration(summary.p50_hit_ms) if summary.p50_hit_ms is not None else "–",
+             delta=(f"miss {duration(summary.p50_miss_ms)}"
+                    if summary.p50_miss_ms is not None else None), delta_color="off",
+             delta_arrow="off",
+             help="median of cache hits; the small print is the median of misses")
+    d_total = int(sum(errors.values()))
+    e.metric("Upstream errors", d_total,
+             help=", ".join(f"HTTP {s}: {int(n)}" for s, n in sorted(errors.items()))
+             or "none")
+
+    left, right = st.columns(2)
+    left.pyplot(charts.hit_rate_figure(events))
+    right.pyplot(charts.latency_figure(events))
+    left.pyplot(charts.savings_figure(events, ctx.price_per_1k / 1000.0))
+    with right:
+        st.markdown("**Upstream errors by status**")
+        if errors:
+            rows = sorted(errors.items())
+            st.bar_chart({"status": [f"HTTP {s}" for s, _ in rows],
+                          "errors": [n for _, n in rows]}, x="status", y="errors",
+                         horizontal=True, height=220)
+        else:
+            st.success("No upstream errors since the gateway started.")
+        if summary.errors:
+            st.warning(f"{summary.errors} requests ended with an error status.")
+
+
+def render() -> None:
+    ctx = context.current()
+    st.title("Dashboard")
+    auto = st.toggle(f"Refresh every {REFRESH_SECONDS} s", key=AUTO_KEY, value=True)
+
+    @st.fragment(run_every=REFRESH_SECONDS if auto else None)
+    def live() -> None:
+        try:
+            _body(ctx)
+        except (GatewayUnavailable, GatewayError) as exc:
+            st.error(explain(exc), icon=":material/error:")
+
+    live()
+
+
+if __name__ == "__main__":  # run as a page script by st.navigation
+    render()

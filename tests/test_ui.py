@@ -1,0 +1,288 @@
+"""The Streamlit web UI, driven by Streamlit's ``AppTest`` against a real running gateway.
+
+The gateway runs over loopback (uvicorn in a thread) with the real multilingual USE embedder
+and a real SQLite store; the chat model is the controllable test upstream, whose answers are
+numbered per upstream call ("Answer #N to: …"), so a replayed answer is recognisable. The
+one widget ``AppTest`` cannot drive is the browser's file picker: the upload tests queue the
+file bytes in the session exactly as the page's "Upload and index" button does, and
+``scripts/ui_screenshots.py`` exercises the real picker in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+from reprise.ui import context
+from reprise.ui.views import documents
+from tests_support.gateway import running_gateway
+
+APP = str(Path(__file__).resolve().parents[1] / "src" / "reprise" / "ui" / "app.py")
+SAMPLE = "md/pt_querido_diario_toolbox_README.md"
+TIMEOUT = 120
+
+
+@pytest.fixture
+def gateway(fake_upstream: Any, use_embedder: Any, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    url, _ = fake_upstream
+    with running_gateway(url, tmp_path, embedder=use_embedder, store="sqlite",
+                         rag_embedder=use_embedder) as (base, comp):
+        monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+        yield base, comp
+
+
+def app(namespace: str | None = None) -> AppTest:
+    """A fresh UI session in its own namespace (the test upstream is shared)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state[context.NAMESPACE_KEY] = namespace or f"ui{uuid.uuid4().hex[:10]}"
+    return at.run()
+
+
+def texts(at: AppTest) -> list[str]:
+    """Every markdown/caption/alert text on the page."""
+    out: list[str] = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success"):
+        out += [str(e.value) for e in getattr(at, kind)]
+    return out
+
+
+def page_text(at: AppTest) -> str:
+    return "\n".join(texts(at))
+
+
+def assert_no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.chat_input[0].set_value(question).run()
+    assert_no_exception(at)
+    return at
+
+
+def badges(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if "latency" in str(m.value)]
+
+
+def answers(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if str(m.value).startswith("Answer #")]
+
+
+def test_gateway_down_shows_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprise.testing.upstream import free_port
+
+    monkeypatch.setenv("REPRISE_GATEWAY_URL", f"http://127.0.0.1:{free_port()}")
+    at = app()
+    assert_no_exception(at)
+    assert any("The gateway is not answering" in e.value for e in at.error)
+    assert at.button(key="retry_gateway").label == "Retry"
+    at.button(key="retry_gateway").click().run()  # retrying while still down stays calm
+    assert_no_exception(at)
+    assert any("not answering" in e.value for e in at.error)
+
+
+def test_gateway_stopping_mid_session_is_reported(fake_upstream: Any, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = fake_upstream
+    with running_gateway(url, tmp_path, store="memory") as (base, _):
+        monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+        at = app()
+        assert_no_exception(at)
+        assert not at.error
+    # The gateway is gone now: the next question must explain that, not raise.
+    ask(at, "Is anybody there?")
+    assert any("not answering" in e.value for e in at.error)
+
+
+def test_chat_miss_then_exact_then_semantic_then_bypass(gateway: Any) -> None:
+    at = app()
+    ask(at, "O que são sistemas distribuídos?")
+    assert len(badges(at)) == 1 and "miss" in badges(at)[0]
+    first = answers(at)[0]
+    assert re.match(r"Answer #\d+ to: O que são sistemas distribuídos\?", first)
+
+    ask(at, "O que são sistemas distribuídos?")
+    assert "exact hit" in badges(at)[1]
+    saved = re.search(r"\*\*(\d+) tokens\*\* saved", badges(at)[1])  # usage the model reported
+    assert saved and int(saved.group(1)) > 0
+    assert answers(at)[1] == first  # replayed, not asked again
+
+    ask(at, "Explique sistemas distribuídos")
+    assert "semantic hit" in badges(at)[2]
+    sim = re.search(r"similarity \*\*([\d.]+)\*\*", badges(at)[2])
+    assert sim and 0.0 < float(sim.group(1)) < 1.0
+    assert answers(at)[2] == first
+    assert any("O que são sistemas distribuídos?" in c.value and "Matched" in c.value
+               for c in at.caption)
+
+    # Ask the first question again, bypassing the cache: a fresh upstream answer.
+    next(b for b in at.button if str(b.key).startswith("bypass_")).click().run()
+    assert_no_exception(at)
+    assert "bypass" in badges(at)[3]
+    assert answers(at)[3] != first
+    assert answers(at)[3].endswith("O que são sistemas distribuídos?")
+    # The conversation survives reruns with its badges.
+    at.run()
+    assert len(badges(at)) == 4
+
+
+def test_chat_upstream_failure_is_shown(gateway: Any) -> None:
+    at = app()
+    ask(at, "please [fail:503]")
+    assert any("refused or failed" in e.value for e in at.error)
+    ask(at, "and now a normal question")
+    assert "miss" in badges(at)[-1]
+
+
+def upload(at: AppTest, collection: str, files: list[tuple[str, bytes]]) -> AppTest:
+    """Queue files as the page's upload button does; the run uploads and follows the job."""
+    at.session_state[documents.UPLOAD_KEY] = {"collection": collection, "files": files}
+    at.run()
+    assert_no_exception(at)
+    return at
+
+
+def create_collection(at: AppTest, name: str) -> None:
+    at.text_input(key="docs_new_name").input(name)
+    next(b for b in at.button if b.label == "Create").click().run()
+    assert_no_exception(at)
+    assert any(f"Collection “{name}” created" in s.value for s in at.success)
+
+
+def test_documents_create_upload_list_delete(gateway: Any, data_dir: Path) -> None:
+    at = app()
+    at.switch_page("views/documents.py").run()
+    assert_no_exception(at)
+    assert any("Create a collection" in i.value for i in at.info)
+    create_collection(at, "manuals")
+    sample = data_dir / "documents" / SAMPLE
+    upload(at, "manuals", [(sample.name, sample.read_bytes()),
+                           ("setup.pdf", b"MZ\x90\x00" + b"\x00" * 200)])
+    # Per-file progress: both files reached a final state; the bad one says why.
+    assert any(f"{sample.name}: done" in str(p.proto.text) for p in at.get("progress"))
+    assert any("setup.pdf" in e.value and "executable" in e.value for e in at.error)
+    doc_rows = [m.value for m in at.markdown if str(m.value).startswith(sample.name)]
+    assert doc_rows, page_text(at)
+    delete = [b for b in at.button if str(b.key).startswith("del_doc_")]
+    assert len(delete) == 1
+    delete[0].click().run()
+    assert_no_exception(at)
+    assert any(f"Deleted {sample.name}" in s.value for s in at.success)
+    assert not [b for b in at.button if str(b.key).startswith("del_doc_")]
+    assert any("No documents yet" in i.value for i in at.info)
+
+
+def test_upload_refused_is_explained(gateway: Any) -> None:
+    base, _ = gateway
+    at = app()
+    at.switch_page("views/documents.py").run()
+    create_collection(at, "gone")
+    # The collection disappears behind the UI's back: the upload must be refused politely.
+    ns = at.session_state[context.NAMESPACE_KEY]
+    httpx.delete(f"{base}/v1/collections/gone", headers={"X-Reprise-Namespace": ns})
+    upload(at, "gone", [("a.txt", b"some text")])
+    assert any("Upload refused" in e.value and "does not exist" in e.value for e in at.error)
+
+
+def test_cache_page_lists_searches_deletes_and_clears(gateway: Any) -> None:
+    base, _ = gateway
+    ns = f"ui{uuid.uuid4().hex[:10]}"
+    with httpx.Client(base_url=base, headers={"X-Reprise-Namespace": ns}, timeout=60) as c:
+        for q in ("What is the capital of France?", "How do vaccines work?",
+                  "Why is the sky blue?"):
+            body = {"model": "default", "messages": [{"role": "user", "content": q}]}
+            assert c.post("/v1/chat/completions", json=body).status_code == 200
+        body["messages"][0]["content"] = "Why is the sky blue?"
+        assert c.post("/v1/chat/completions", json=body).headers["x-reprise-cache"] == "exact"
+    at = app(ns)
+    at.switch_page("views/cache.py").run()
+    assert_no_exception(at)
+    threshold = next(m for m in at.metric if m.label == "Semantic threshold")
+    assert threshold.value == "0.80"
+    df = at.dataframe[0].value
+    assert set(df["question"]) == {"What is the capital of France?", "How do vaccines work?",
+                                   "Why is the sky blue?"}
+    sky = df[df["question"] == "Why is the sky blue?"].iloc[0]
+    assert sky["hits"] == 1 and sky["tier"] == "exact + semantic" and sky["TTL"] == "6 d 23 h"
+
+    at.text_input(key="cache_query").input("vaccines").run()
+    assert list(at.dataframe[0].value["question"]) == ["How do vaccines work?"]
+    entries = httpx.get(f"{base}/admin/cache", params={"namespace": ns, "q": "vaccines"}).json()
+    at.selectbox(key="cache_delete_choice").set_value(entries["data"][0]["key"]).run()
+    at.button(key="cache_delete").click().run()
+    assert_no_exception(at)
+    assert any("Deleted the entry" in s.value for s in at.success)
+    at.text_input(key="cache_query").input("").run()
+    assert len(at.dataframe[0].value) == 2
+
+    at.checkbox(key="cache_confirm_clear").check().run()
+    at.button(key="cache_clear").click().run()
+    assert_no_exception(at)
+    assert any("Cleared 2 entries" in s.value for s in at.success)
+    assert any("namespace is empty" in i.value for i in at.info)
+    left = httpx.get(f"{base}/admin/cache", params={"namespace": ns}).json()["data"]
+    assert left == []
+
+
+def test_dashboard_plots_hits_and_misses(gateway: Any) -> None:
+    at = app()
+    for q in ("What is a cache?", "What is a cache?", "What is a cache?", "What is RAG?"):
+        ask(at, q)
+    at.switch_page("views/dashboard.py").run()
+    assert_no_exception(at)
+    hit_rate = next(m for m in at.metric if m.label == "Hit rate")
+    assert hit_rate.value == "50%"
+    saved = next(m for m in at.metric if m.label == "Tokens saved")
+    assert int(saved.value.replace(",", "")) > 0
+    assert len(at.get("image")) == 3  # hit rate by tier, latency hit vs miss, savings
+
+
+def test_rag_answer_shows_sources(gateway: Any, data_dir: Path) -> None:
+    """Chat with a collection: the answer carries a sources panel (document, page, quote)."""
+    pytest.importorskip("reprise.rag.retrieve", reason="RAG retrieval is not installed yet")
+    at = app()
+    at.switch_page("views/documents.py").run()
+    create_collection(at, "gazette")
+    pdf = data_dir / "documents" / "pdf" / "docling_multi_page.pdf"
+    upload(at, "gazette", [(pdf.name, pdf.read_bytes())])
+    at.switch_page("views/chat.py").run()
+    at.selectbox(key="chat_collection").set_value("gazette").run()
+    ask(at, "Who developed the first word processor?")
+    assert "miss" in badges(at)[0]
+    sources = [e for e in at.expander if str(e.label).startswith("Sources")]
+    assert sources, page_text(at)
+    quoted = [m.value for m in sources[0].markdown]
+    assert any(pdf.name in q and "page" in q for q in quoted)
+    assert any(q.startswith("> ") for q in quoted)
+    ask(at, "Who developed the first word processor?")
+    assert "exact hit" in badges(at)[1]
+    sources = [e for e in at.expander if str(e.label).startswith("Sources")]
+    assert len(sources) == 2  # the replayed answer keeps its citations
+
+
+def test_dashboard_buckets_requests_by_tier_over_time() -> None:
+    """The hit-rate plot's data: requests per tier per round time bucket."""
+    from reprise.ui import charts
+
+    t0 = 1_700_000_000.0  # a multiple of 10 s
+    events = [{"ts": t0 + dt, "tier": tier, "latency_ms": 5.0, "saved_tokens": 0}
+              for dt, tier in [(0, "miss"), (1, "exact"), (12, "semantic"), (13, "miss"),
+                               (95, "bypass")]]
+    starts, counts, size = charts.tier_shares(events)
+    assert size == 10 and starts[0] == t0 and len(starts) == 10
+    assert (counts["miss"][0], counts["exact"][0]) == (1, 1)
+    assert (counts["semantic"][1], counts["miss"][1]) == (1, 1)
+    assert counts["bypass"][9] == 1 and sum(counts["bypass"]) == 1
+    assert charts.bucket_seconds(3 * 3600) == 300  # 36 bars of 5 min
+    summary = charts.summarize(events)
+    assert summary.hit_rate == 2 / 5 and summary.by_tier["miss"] == 2
