@@ -361,9 +361,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{args.chunk_delay}s per streamed word. Mix: {args.repeat:.0%} repeats, "
         f"{args.paraphrase:.0%} paraphrases of seeded questions, "
         f"{1 - args.repeat - args.paraphrase:.0%} new questions; {args.stream:.0%} streamed. "
-        f"Cache bound {args.cache_mb} MiB (LRU eviction keeps the soak bounded). "
+        f"Cache bound {args.cache_mb} MiB (LRU eviction keeps the soak bounded). Semantic "
+        f"tier {'on (USE embedder in each gateway)' if args.semantic else 'OFF (--no-semantic)'}. "
         f"`python bench/load.py --requests {args.requests} --soak-seconds "
-        f"{args.soak_seconds}`.",
+        f"{args.soak_seconds:g}{'' if args.semantic else ' --no-semantic'}`.",
         "",
     ]
     all_flat = True

@@ -71,6 +71,7 @@ SCIFACT = DATA / "beir_scifact"
 SQUAD = DATA / "squad_v2_dev_subset"
 CACHE = ROOT / ".cache" / "bench"
 RESULT = ROOT / "bench" / "results" / "retrieval.md"
+TUNING = ROOT / "bench" / "results" / "retrieval_tuning.md"
 CHUNK_TOKENS, OVERLAP = 256, 48
 
 
@@ -448,19 +449,9 @@ async def scifact_section(emb: CachedEmbedder | None, name: str, corpus: Corpus,
     index = await build_index(corpus, emb, tmp)
     qv_all = emb.embed_many(train.texts + test.texts, "query", "scifact-queries")
     qv_train, qv_test = qv_all[:len(train.ids)], qv_all[len(train.ids):]
+    shipped = HybridRetriever(index, emb, default_reranker(emb))
     if args.tune:
         await tune(index, emb, train, qv_train, t_train, tuning)
-    shipped = HybridRetriever(index, emb, default_reranker(emb))
-    for label, retr in [
-        (f"dense {name}", retriever_for(index, emb, "dense")),
-        (f"hybrid RRF {name}", retriever_for(index, emb, "hybrid")),
-        (f"hybrid + rerank {name} (shipped default: {shipped.reranker.name})", shipped),
-    ]:
-        s = await evaluate(retr, test, qv_test, t_test, timed=True)
-        rows.append(f"| {label} | {s.ndcg10:.4f} | {s.recall100:.4f} | "
-                    f"{s.p50_ms:.1f} | {s.p95_ms:.1f} |")
-        print(rows[-1], file=sys.stderr, flush=True)
-    if args.tune:
         qqp = qqp_questions(300)
         qqp_v = emb.embed_many(qqp, "query", "qqp-300")
         pos = await gate_points(shipped, train.texts, qv_train, t_train,
@@ -468,6 +459,19 @@ async def scifact_section(emb: CachedEmbedder | None, name: str, corpus: Corpus,
         neg = await gate_points(shipped, qqp, qqp_v, [tokenize(q) for q in qqp], None, 5)
         chosen = calibrate_gate(pos, neg, tuning, f"SciFact train + QQP ({name})")
         tuning += [f"Chosen gate for {name}: strong, weak, coverage = {chosen}", ""]
+    if args.tune_only:
+        await index.aclose()
+        return
+    for label, retr in [
+        (f"dense {name}", retriever_for(index, emb, "dense")),
+        (f"hybrid RRF k=60 {name}", retriever_for(index, emb, "hybrid", fusion="rrf")),
+        (f"hybrid convex 0.6 {name}", retriever_for(index, emb, "hybrid")),
+        (f"hybrid + rerank {name} (shipped default: {shipped.reranker.name})", shipped),
+    ]:
+        s = await evaluate(retr, test, qv_test, t_test, timed=True)
+        rows.append(f"| {label} | {s.ndcg10:.4f} | {s.recall100:.4f} | "
+                    f"{s.p50_ms:.1f} | {s.p95_ms:.1f} |")
+        print(rows[-1], file=sys.stderr, flush=True)
     await index.aclose()
 
 
@@ -496,7 +500,9 @@ async def squad_section(emb: CachedEmbedder, name: str, off_topic: SQLiteChunkIn
         shipped = HybridRetriever(sq_index, emb, default_reranker(emb))
         for label, retr in [("BM25", retriever_for(sq_index, emb, "bm25")),
                             (f"dense {name}", retriever_for(sq_index, emb, "dense")),
-                            (f"hybrid RRF {name}", retriever_for(sq_index, emb, "hybrid")),
+                            (f"hybrid RRF k=60 {name}",
+                             retriever_for(sq_index, emb, "hybrid", fusion="rrf")),
+                            (f"hybrid convex 0.6 {name}", retriever_for(sq_index, emb, "hybrid")),
                             (f"hybrid + rerank {name} (shipped)", shipped)]:
             s = await evaluate(retr, sq_q, sq_v, sq_t, deep=False, timed=lang == "en")
             rows.append(f"| {lang} | {label} | {s.recall5:.4f} | {s.ndcg10:.4f} | "
@@ -534,7 +540,8 @@ async def run(args: argparse.Namespace) -> None:
         (CACHE / "bm25_tuning.md").write_text("\n".join(rows) + "\n")
         return
     if args.prepare:
-        prepare(args.embedders.split(","), corpus, train, test, args.limit)
+        prepare(args.embedders.split(","), corpus, train, test, args.limit,
+                full=not args.no_full)
         return
     tmp = Path(tempfile.mkdtemp(prefix="reprise-bench-"))
     sci_rows: list[str] = []
@@ -544,12 +551,16 @@ async def run(args: argparse.Namespace) -> None:
     missing: list[str] = []
     red_rows: list[str] = []
     reduced_size = 0
-    await scifact_section(None, "bm25", corpus, train, test, tmp, args, sci_rows, tuning)
+    if args.tune_only:
+        args.tune = True
+        tune_bm25(corpus, train, tuning)
+    else:
+        await scifact_section(None, "bm25", corpus, train, test, tmp, args, sci_rows, tuning)
     ingest_lines: list[str] = []
     for name in args.embedders.split(","):
         emb = CachedEmbedder(make_embedder(name))
         off_topic = None
-        if name == "e5" and not args.skip_ingest:
+        if name == "e5" and not args.skip_ingest and not args.tune_only:
             ingest_lines, off_topic = await ingest_throughput(emb, tmp)
         try:
             emb.embed_many([c.text for c in chunks_of(corpus)], "passage", corpus.name,
@@ -563,14 +574,15 @@ async def run(args: argparse.Namespace) -> None:
             except NotCached as exc2:
                 missing.append(f"SciFact (reduced corpus) with {name}: {exc2}")
             else:
-                await scifact_section(None, "bm25", small, sub_train, test, tmp, args,
-                                      red_rows, [])
+                if not args.tune_only:
+                    await scifact_section(None, "bm25", small, sub_train, test, tmp, args,
+                                          red_rows, [])
                 await scifact_section(emb, name, small, sub_train, test, tmp, args, red_rows,
                                       tuning)
                 reduced_size = len(small.doc_ids)
         else:
             await scifact_section(emb, name, corpus, train, test, tmp, args, sci_rows, tuning)
-        if not args.skip_squad:
+        if not args.skip_squad and not args.tune_only:
             await squad_section(emb, name, off_topic, tmp, args, squad_rows, gate_rows)
         if off_topic is not None:
             await off_topic.aclose()
@@ -590,6 +602,14 @@ async def run(args: argparse.Namespace) -> None:
                   "used those 200 train queries on the same sub-corpus.", "",
                   "| method | nDCG@10 | recall@100 | query p50 (ms) | query p95 (ms) |",
                   "| --- | ---: | ---: | ---: | ---: |", *red_rows, ""]
+    if args.tune_only:
+        head = ["# Retrieval tuning (SciFact train only)", "",
+                "Every choice behind the shipped retrieval defaults, made on SciFact *train* "
+                "queries (and QQP questions for the relevance gate), by `bench/retrieval.py "
+                "--tune-only`. Test numbers: `retrieval.md`.", "", *missing, ""]
+        TUNING.write_text("\n".join(head + tuning) + "\n")
+        print("\n".join(head + tuning))
+        return
     lines += ["## SQuAD 2.0 dev subset (500 answerable questions, 646 paragraphs)", "",
               "| lang | method | recall@5 (gold paragraph) | nDCG@10 | query p50 (ms) |",
               "| --- | --- | ---: | ---: | ---: |",
@@ -606,12 +626,14 @@ async def run(args: argparse.Namespace) -> None:
               "ducks, FAA and FBI documents) find nothing that passes.", ""]
     lines += ingest_lines
     lines += tuning
+    if TUNING.exists():
+        lines += ["Tuning on the train split: `bench/results/retrieval_tuning.md`.", ""]
     RESULT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def prepare(names: list[str], corpus: Corpus, train: Queries, test: Queries,
-            limit: int | None) -> None:
+            limit: int | None, full: bool = True) -> None:
     """Only fill the embedding cache (resumable), most needed sets first."""
     passages = [c.text for c in chunks_of(corpus)]
     for name in names:  # the shipped embedder first; small sets before the SciFact corpus
@@ -623,7 +645,9 @@ def prepare(names: list[str], corpus: Corpus, train: Queries, test: Queries,
         emb.embed_many(train.texts + test.texts, "query", "scifact-queries")
         small, _ = reduced(corpus, train, test)
         emb.embed_many([c.text for c in chunks_of(small)], "passage", small.name)
-        emb.embed_many(passages, "passage", corpus.name)
+        emb.embed_many(qqp_questions(300), "query", "qqp-300")
+        if full:
+            emb.embed_many(passages, "passage", corpus.name)
 
 
 async def ingest_throughput(emb: CachedEmbedder,
@@ -656,10 +680,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--embedders", default="e5,use")
     parser.add_argument("--tune", action="store_true", help="grid search on SciFact train")
+    parser.add_argument("--tune-only", action="store_true",
+                        help="only the train-split grid searches -> retrieval_tuning.md")
     parser.add_argument("--limit", type=int, default=None, help="queries per split (smoke)")
     parser.add_argument("--skip-squad", action="store_true")
     parser.add_argument("--tune-bm25", action="store_true", help="BM25 grid on train only")
     parser.add_argument("--prepare", action="store_true", help="only fill the embedding cache")
+    parser.add_argument("--no-full", action="store_true",
+                        help="--prepare without the full SciFact corpus")
     parser.add_argument("--embed", action="store_true",
                         help="compute missing embeddings (else those sets are skipped)")
     parser.add_argument("--skip-ingest", action="store_true")

@@ -125,7 +125,9 @@ class Browser:
         raise TimeoutError(f"timed out waiting for {what}; page text:\n{self.text()[-1500:]}")
 
     def idle(self) -> bool:
-        return not self.has('[data-testid="stStatusWidget"]')
+        """No script run in progress and no element greyed out as stale."""
+        return not (self.has('[data-testid="stStatusWidget"]')
+                    or self.has('[data-stale="true"]'))
 
     def has(self, selector: str) -> bool:
         return bool(self.js(f"!!document.querySelector({json.dumps(selector)})"))
@@ -188,17 +190,21 @@ class Browser:
         node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
         self.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in paths])
 
-    def screenshot(self, path: Path, height: int | None = None) -> None:
-        """The whole page: the viewport grows to the height of Streamlit's scrolling main
-        area (capped), so nothing is cut off."""
-        if height is None:
-            content = int(self.js("(() => { const m = document.querySelector("
-                                  "'[data-testid=\"stMain\"]'); return m ? m.scrollHeight"
-                                  " : document.body.scrollHeight; })()") or 1000)
-            height = max(900, min(content + 40, 3200))
-        self.send("Emulation.setDeviceMetricsOverride", width=1440, height=height,
-                  deviceScaleFactor=1, mobile=False)
-        self.settle(0.8)
+    def screenshot(self, path: Path) -> None:
+        """The whole page: the viewport grows to the height of the page's content (capped),
+        then every scrolled container goes back to the top."""
+        for _ in range(2):
+            content = int(self.js(
+                "(() => { const b = document.querySelector("
+                "'[data-testid=\"stMainBlockContainer\"]');"
+                " return b ? b.offsetTop + b.scrollHeight : 900; })()") or 900)
+            chat_input = 140 if self.has(CHAT_INPUT) else 40
+            self.send("Emulation.setDeviceMetricsOverride", width=1440,
+                      height=max(900, min(content + chat_input, 4000)), deviceScaleFactor=1,
+                      mobile=False)
+            self.settle(0.6)
+        self.js("document.querySelectorAll('section, div').forEach(e => { e.scrollTop = 0; })")
+        time.sleep(0.3)
         data = self.send("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

@@ -203,3 +203,92 @@ async def test_sqlite_saves_hnsw_index_and_rebuilds_when_stale(tmp_path: Path) -
     hits = await third.dense_search("ns/a", vectors["doc_en:0"], 10)
     assert all(not c.startswith("doc_en") for c, _ in hits) and len(hits) == 4
     await third.aclose()
+
+
+# --- the catalog beside it: same contract on SQLite and Redis -----------------------------------
+@pytest.fixture(params=["sqlite", "redis"])
+async def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """Opens catalogs of one kind that share their storage (two replicas, or a restart)."""
+    from reprise.rag.catalog import Catalog
+
+    opened: list[Any] = []
+    if request.param == "sqlite":
+        def make() -> Any:
+            opened.append(Catalog(tmp_path / "catalog.sqlite3"))
+            return opened[-1]
+    else:
+        from reprise.rag.catalog_redis import RedisCatalog
+
+        url = request.getfixturevalue("redis_url")
+        prefix = f"t{uuid.uuid4().hex[:8]}:rag"
+
+        def make() -> Any:
+            opened.append(RedisCatalog(url, prefix=prefix))
+            return opened[-1]
+    yield make
+    for cat in opened:
+        await cat.aclose()
+
+
+def record(doc_id: str, coll: str, sha: str, chunks: int) -> Any:
+    from reprise.rag.catalog import DocumentRecord
+
+    return DocumentRecord(doc_id, coll, f"{doc_id}.pdf", sha, "application/pdf", 2, chunks,
+                          float(len(doc_id)), None)
+
+
+async def test_catalog_collections_documents_versions(catalogs: Any) -> None:
+    cat = catalogs()
+    created = await cat.create_collection("ns", "b")
+    assert (created.name, created.version, created.documents) == ("b", 0, 0)
+    assert await cat.create_collection("ns", "b") is None
+    await cat.create_collection("ns", "a")
+    await cat.create_collection("other", "a")
+    assert [c.name for c in await cat.list_collections("ns")] == ["a", "b"]
+    assert await cat.get_collection("ns", "zzz") is None
+    await cat.add_document("ns", record("d1", "b", "s1", 3))
+    await cat.add_document("ns", record("d22", "b", "s2", 4))
+    coll = await cat.get_collection("ns", "b")
+    assert (coll.version, coll.documents, coll.chunks) == (2, 2, 7)
+    assert (await cat.find_by_sha("ns", "b", "s2")).id == "d22"
+    assert await cat.find_by_sha("ns", "a", "s2") is None
+    assert [d.id for d in await cat.list_documents("ns", "b")] == ["d1", "d22"]
+    # another replica (Redis) or a restart (SQLite) sees the same state
+    other = catalogs()
+    assert (await other.get_collection("ns", "b")).version == 2
+    assert await other.delete_document("ns", "b", "d1") is True
+    assert await other.delete_document("ns", "b", "d1") is False
+    coll = await cat.get_collection("ns", "b")
+    assert (coll.version, coll.documents) == (3, 1)
+    assert await cat.find_by_sha("ns", "b", "s1") is None
+    assert await cat.delete_collection("ns", "b") == ["d22"]
+    assert await cat.get_collection("ns", "b") is None
+    assert [c.name for c in await cat.list_collections("other")] == ["a"]
+
+
+async def test_catalog_jobs_are_per_namespace(catalogs: Any) -> None:
+    from reprise.rag.catalog import FileProgress, Job
+
+    cat = catalogs()
+    job = Job("job_1", "c", [FileProgress("a.pdf"), FileProgress("b.pdf")])
+    job.files[0].state, job.files[0].chunks = "done", 5
+    await cat.save_job("ns", job)
+    got = await cat.get_job("ns", "job_1")
+    assert got["chunks_done"] == 5 and got["files"][1]["state"] == "queued"
+    assert await cat.get_job("other", "job_1") is None
+    assert await cat.get_job("ns", "job_2") is None
+
+
+async def test_redis_index_of_another_dimension_is_refused(redis_url: str) -> None:
+    from reprise.rag.chunk_index_redis import RedisChunkIndex
+    from reprise.rag.errors import RagError
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:rag"
+    first = RedisChunkIndex(redis_url, DIM, prefix=prefix)
+    await first.add("ns/a", chunks_of("doc_en"), unit(np.random.default_rng(0), 2))
+    other = RedisChunkIndex(redis_url, DIM * 2, prefix=prefix)
+    with pytest.raises(RagError, match="16-dim"):
+        await other.count("ns/a")
+    await first.drop_all()
+    await first.aclose()
+    await other.aclose()

@@ -80,14 +80,24 @@ def test_tokens_per_minute_counts_prompt_and_max_tokens(fake_upstream: Any,
             assert ask(c2, "short question", max_tokens=150).status_code == 200
 
 
-def test_embeddings_are_rate_limited_too(fake_upstream: Any, use_embedder: Any,
-                                         tmp_path: Path) -> None:
-    url, _ = fake_upstream
-    with running_gateway(url, tmp_path, embedder=use_embedder, rate_limit_rpm=2) as (base, _):
-        with httpx.Client(base_url=base) as c:
+def test_embeddings_are_rate_limited_too(use_embedder: Any, tmp_path: Path) -> None:
+    """The shared /v1/embeddings router, served by the embeddings role's app."""
+    from reprise.api.embeddings_app import create_embeddings_app
+    from reprise.config import Settings
+    from reprise.testing.upstream import ServerThread
+
+    app = create_embeddings_app(Settings(data_dir=tmp_path, rate_limit_rpm=2),
+                                embedder=use_embedder)
+    server = ServerThread(app).start()
+    try:
+        with httpx.Client(base_url=server.url) as c:
             for _ in range(2):
                 assert c.post("/v1/embeddings", json={"input": "hi"}).status_code == 200
             assert_429(c.post("/v1/embeddings", json={"input": "hi"}))
+            m = c.get("/metrics").text
+        assert "reprise_rate_limited_total 1.0" in m
+    finally:
+        server.stop()
 
 
 @pytest.mark.redis

@@ -7,6 +7,8 @@ network store has: index lifecycle, cross-replica locks and visibility, outages.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +22,7 @@ from fixtures_redis import CACHE_DIR, start_or_skip
 from reprise.services.redis_stack import (
     RedisServer,
     RedisStackUnavailable,
+    TlsFiles,
     free_port,
     server_for_url,
     start_server,
@@ -259,6 +262,33 @@ async def test_password_url_and_wrong_password(tmp_path: Path) -> None:
         finally:
             await s.close()
             await bad.close()
+
+
+async def test_tls_url(tmp_path: Path) -> None:
+    """``rediss://`` (TLS, server certificate verified against a CA file) works end to end."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    try:
+        server = start_server(CACHE_DIR, data_dir=tmp_path / "redis",
+                              tls=TlsFiles(cert, key, cert))
+    except RedisStackUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        assert server.url.startswith("rediss://")
+        s = RedisStore(server.url, DIM, 1 << 20)
+        plain = RedisStore(server.url.replace("rediss://", "redis://").split("?")[0], DIM,
+                           1 << 20, connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            await s.put(entry("a", 1))
+            assert [h.entry.key for h in await s.search("t", "fp", vec(1), 1)] == ["a"]
+            assert await plain.ping() is False  # the port speaks TLS only
+        finally:
+            await s.close()
+            await plain.close()
 
 
 def test_db_other_than_zero_is_refused_with_a_clear_error(redis_url: str) -> None:

@@ -98,12 +98,18 @@ def test_answer_stored_through_one_replica_hits_through_the_other(
     assert float(semantic.headers["x-reprise-similarity"]) < 1.0
     assert state.calls - before == 1, "B answered from A's entry, not from the model"
 
-    # ... and the other way round, with hit counts visible from both replicas.
-    back = chat(a.url, "How can I reset my password?", h)
-    assert back.headers["x-reprise-cache"] == "semantic" and content(back) == content(first)
-    listed = httpx.get(b.url + "/admin/cache", headers=h, timeout=10).json()["data"]
-    assert len(listed) == 1 and listed[0]["hits"] >= 2
-    assert state.calls - before == 1
+    # ... and the other way round: stored through B, found through A.
+    other = chat(b.url, "How do I delete my account?", h)
+    assert other.headers["x-reprise-cache"] == "miss"
+    assert chat(a.url, "How do I delete my account?", h).headers["x-reprise-cache"] == "exact"
+    back = chat(a.url, "How can I delete my account?", h)
+    assert back.headers["x-reprise-cache"] == "semantic" and content(back) == content(other)
+    assert state.calls - before == 2
+
+    # Hit counts recorded by either replica are visible from the other.
+    listed = httpx.get(a.url + "/admin/cache", headers=h, timeout=10).json()["data"]
+    hits = {e["question"]: e["hits"] for e in listed}
+    assert hits["How do I reset my password?"] >= 1
 
 
 def test_other_namespace_on_other_replica_misses(replicas: list[GatewayProcess]) -> None:

@@ -286,3 +286,32 @@ def test_dashboard_buckets_requests_by_tier_over_time() -> None:
     assert charts.bucket_seconds(3 * 3600) == 300  # 36 bars of 5 min
     summary = charts.summarize(events)
     assert summary.hit_rate == 2 / 5 and summary.by_tier["miss"] == 2
+
+
+def test_api_keys_missing_key_is_explained_and_user_key_is_limited(
+        fake_upstream: Any, use_embedder: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway with API keys: no key → told to enter one; a user key chats and reads its
+    cache but may not clear it (an admin key's job), and the page says so."""
+    from reprise.api.auth import add_key
+
+    keys = tmp_path / "keys.toml"
+    user_key, _ = add_key(keys, "acme", "user", name="acme-app")
+    url, _ = fake_upstream
+    with running_gateway(url, tmp_path, rag_embedder=use_embedder,
+                         api_keys_file=keys) as (base, _):
+        monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+        at = app()
+        ask(at, "Who needs a key?")
+        assert any("needs an API key" in e.value for e in at.error)
+        at.text_input(key=context.API_KEY_KEY).input(user_key).run()
+        ask(at, "Who needs a key?")
+        assert "miss" in badges(at)[-1]
+        at.switch_page("views/cache.py").run()
+        assert_no_exception(at)
+        assert list(at.dataframe[0].value["question"]) == ["Who needs a key?"]
+        at.checkbox(key="cache_confirm_clear").check().run()
+        at.button(key="cache_clear").click().run()
+        assert_no_exception(at)
+        assert any("admin key" in e.value for e in at.error)
+        assert len(at.dataframe[0].value) == 1  # nothing was cleared

@@ -78,7 +78,12 @@ def serve(
         from reprise.api.embeddings_app import create_embeddings_app
 
         _check_exposure(settings)
-        uvicorn.run(create_embeddings_app(settings), host=settings.host, port=settings.port,
+        try:
+            embeddings_app = create_embeddings_app(settings)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+        uvicorn.run(embeddings_app, host=settings.host, port=settings.port,
                     log_level=settings.log_level, access_log=False, log_config=None,
                     timeout_graceful_shutdown=settings.graceful_shutdown_seconds)
     elif role == "ui":
@@ -369,11 +374,13 @@ def ask(
 def ingest(
     paths: list[Path],
     collection: Annotated[str, typer.Option(help="collection name")],
+    api_key: Annotated[str | None, typer.Option(help="gateway API key (when it needs one)")]
+    = None,
 ) -> None:
-    """Upload documents to a collection of the running gateway, with progress."""
+    """Upload documents (files or folders) to a collection of the running gateway."""
     from reprise.rag.client import ingest_files
 
-    ok = ingest_files(Settings().gateway_url, collection, paths, console)
+    ok = ingest_files(Settings().gateway_url, collection, paths, console, api_key=api_key)
     if not ok:
         raise typer.Exit(1)
 

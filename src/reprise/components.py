@@ -57,9 +57,12 @@ def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
 
 
 def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
-    from reprise.cache.semantic import SemanticLookup
+    from reprise.cache.semantic import E5Similarity, SemanticLookup
     from reprise.cache.verifier import Verifier
 
+    # Loaded on the first candidate that needs it (most lookups never do).
+    e5 = (E5Similarity(lambda: embedder if embedder.name == "e5" else build_embedder(settings, "e5"))
+          if settings.semantic_verifier_e5 else None)
     return SemanticLookup(
         store,
         embedder,
@@ -67,6 +70,7 @@ def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
         threshold=settings.semantic_threshold,
         top_k=settings.semantic_top_k,
         max_chars=settings.semantic_max_chars,
+        e5=e5,
     )
 
 

@@ -106,6 +106,7 @@ class RedisLimiter:
         self._script: Any = self._redis.register_script(_ACQUIRE)
         self._prefix = f"{prefix}:rl:"
         self.errors = 0
+        self._warned_at = -1e9
 
     async def acquire(self, identity: str, rpm: int, tpm: int, tokens: int) -> float:
         from redis.exceptions import RedisError
@@ -114,7 +115,10 @@ class RedisLimiter:
             raw = await self._script(keys=[self._prefix + identity], args=[rpm, tpm, tokens])
         except (RedisError, OSError) as exc:
             self.errors += 1
-            log.warning("rate limiter unavailable, admitting the request: %s", exc)
+            now = time.monotonic()
+            if now - self._warned_at > 30.0:  # one line per outage, not one per request
+                self._warned_at = now
+                log.warning("rate limiter unavailable, admitting requests: %s", exc)
             return 0.0
         return float(raw.decode() if isinstance(raw, bytes) else raw)
 

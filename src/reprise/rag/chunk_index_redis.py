@@ -32,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from reprise.rag.bm25 import Bm25Cache, Bm25Index
 from reprise.rag.chunk_index import IndexUnavailable, StoredChunk, chunk_id, chunk_terms
 from reprise.rag.documents import Chunk
+from reprise.rag.errors import RagError
 
 T = TypeVar("T")
 _FETCH = ("doc", "ord", "page", "text", "vec")
@@ -96,8 +97,16 @@ class RedisChunkIndex:
             raise IndexUnavailable(f"document index on Redis is unavailable: {exc}") from exc
 
     async def _ensure_index(self, client: Redis) -> None:
+        """Create the index if missing; refuse one built for another vector dimension."""
         try:
-            await client.execute_command("FT.INFO", self.index_name)
+            info = await client.execute_command("FT.INFO", self.index_name)
+            for attr in _get(info, "attributes") or []:
+                dim = _get(attr, "dim")
+                if dim is not None and int(dim) != self.dim:
+                    raise RagError(
+                        409, f"the document index {self.index_name!r} holds {int(dim)}-dim "
+                        f"vectors but the embedder makes {self.dim}-dim ones: re-ingest the "
+                        "documents under another REPRISE_REDIS_PREFIX", "index_dimension")
         except ResponseError as exc:
             if "unknown index" not in str(exc).lower() and "no such index" not in str(exc).lower():
                 raise

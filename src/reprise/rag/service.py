@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from reprise.components import Components
     from reprise.config import Settings
     from reprise.embed.base import Embedder
+    from reprise.rag.catalog_redis import RedisCatalog
     from reprise.rag.chunk_index import ChunkIndex
     from reprise.rag.retrieve import HybridRetriever
 
@@ -44,8 +45,9 @@ def collection_key(namespace: str, name: str) -> str:
 
 def make_chunk_index(settings: Settings, dim: int) -> ChunkIndex:
     """The chunk index in the configured store: Redis when the cache is on Redis (replicas
-    share it), else one SQLite file in the data directory (``memory`` included: documents
-    are worth keeping across restarts even when cache entries are not)."""
+    share it, and the catalog is on Redis too), else one SQLite file in the data directory
+    (``memory`` included: documents are worth keeping across restarts even when cache
+    entries are not)."""
     if settings.store == "redis":
         from reprise.rag.chunk_index_redis import RedisChunkIndex
 
@@ -56,7 +58,7 @@ def make_chunk_index(settings: Settings, dim: int) -> ChunkIndex:
 
 
 class RagService:
-    def __init__(self, settings: Settings, catalog: Catalog, index: ChunkIndex,
+    def __init__(self, settings: Settings, catalog: Catalog | RedisCatalog, index: ChunkIndex,
                  retriever: HybridRetriever, embedder: Embedder) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -83,7 +85,12 @@ class RagService:
         index = make_chunk_index(settings, embedder.dim)
         retriever = HybridRetriever(index, embedder, default_reranker(embedder),
                                     min_similarity=settings.rag_min_score)
-        return cls(settings, Catalog(data / "catalog.sqlite3"), index, retriever, embedder)
+        catalog: Catalog | RedisCatalog = Catalog(data / "catalog.sqlite3")
+        if settings.store == "redis":  # replicas must agree on collections and versions
+            from reprise.rag.catalog_redis import RedisCatalog
+
+            catalog = RedisCatalog(settings.redis_url, prefix=f"{settings.redis_prefix}:rag")
+        return cls(settings, catalog, index, retriever, embedder)
 
     # -- collections ---------------------------------------------------------------------------
     async def require(self, ns: str, name: str) -> Collection:
@@ -201,10 +208,15 @@ class RagService:
                  "document": docs.get(r.doc_id, r.doc_id), "page": r.page, "text": r.text,
                  "score": float(r.score), "legs": r.legs} for r in results]
 
+    @staticmethod
+    def _key_context(coll: Collection) -> dict[str, Any]:
+        # The creation time tells a deleted and re-created collection (whose version
+        # counts from 0 again) from the old one, whose answers are still in the cache.
+        return {"collection": coll.name, "version": coll.version, "created": coll.created_at}
+
     async def key_context(self, ns: str, name: str) -> dict[str, Any]:
-        """What of the collection is part of an answer's cache key: its name and version."""
-        coll = await self.require(ns, name)
-        return {"collection": name, "version": coll.version}
+        """What of the collection is part of an answer's cache key: its identity and version."""
+        return self._key_context(await self.require(ns, name))
 
     async def prepare_chat(self, ns: str, name: str, body: dict[str, Any]) -> ChatPreparation:
         coll = await self.require(ns, name)
@@ -214,7 +226,7 @@ class RagService:
             if msg.get("role") == "user":
                 question = content_text(msg.get("content")) or ""
                 break
-        key_context = {"collection": name, "version": coll.version}
+        key_context = self._key_context(coll)
         if not question.strip():
             raise RagError(400, "document chat needs a text question in the last user message",
                            "no_question")

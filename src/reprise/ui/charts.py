@@ -93,7 +93,7 @@ def hit_rate_figure(events: Sequence[dict[str, Any]]) -> Figure:
             ax.bar(x, share, bottom=bottom, color=TIER_COLORS.get(tier, "#999999"),
                    label=tier, width=0.85)
             bottom += share
-    step = max(1, len(starts) // 8)
+    step = max(1, -(-len(starts) // 6))  # at most 6 time labels
     fmt = "%H:%M:%S" if size < 60 else ("%H:%M" if size < 86400 else "%m-%d")
     ax.set_xticks(x[::step], [datetime.fromtimestamp(s).strftime(fmt) for s in starts[::step]])
     ax.set_ylim(0, 1)

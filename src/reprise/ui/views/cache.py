@@ -21,14 +21,15 @@ DELETE_KEY = "cache_delete_choice"
 LIMIT = 200
 
 
-def _stats(ctx: context.UIContext) -> dict[str, Any]:
-    """All namespaces for an admin; a tenant key sees only its own."""
+def _stats(ctx: context.UIContext) -> tuple[dict[str, Any], bool]:
+    """(stats, pinned): all namespaces for an admin; a tenant's key sees only the namespace
+    it is pinned to, which the gateway names in its answer."""
     try:
-        return ctx.client.cache_stats(all_namespaces=True)
+        return ctx.client.cache_stats(all_namespaces=True), False
     except GatewayError as exc:
         if exc.status != 403:
             raise
-        return ctx.client.cache_stats(ctx.namespace)
+        return ctx.client.cache_stats(), True
 
 
 def _settings_panel(stats: dict[str, Any]) -> None:
@@ -91,12 +92,12 @@ def _clear(ctx: context.UIContext, namespace: str, count: int) -> None:
 
 
 def _page(ctx: context.UIContext) -> None:
-    stats = _stats(ctx)
+    stats, pinned = _stats(ctx)
     _settings_panel(stats)
     counts: dict[str, int] = dict(stats.get("namespaces") or {})
-    names = sorted({*counts, ctx.namespace})
+    names = sorted(counts) if pinned and counts else sorted({*counts, ctx.namespace})
     if st.session_state.get(NAMESPACE_KEY) not in names:
-        st.session_state[NAMESPACE_KEY] = ctx.namespace
+        st.session_state[NAMESPACE_KEY] = ctx.namespace if ctx.namespace in names else names[0]
     left, right = st.columns([1, 2])
     namespace = left.selectbox("Namespace", names, key=NAMESPACE_KEY,
                                format_func=lambda n: f"{n} ({counts.get(n, 0)} entries)")

@@ -23,7 +23,7 @@ PENDING_KEY = "chat_pending"
 COLLECTION_KEY = "chat_collection"
 HISTORY_KEY = "chat_send_history"
 NO_COLLECTION = "(no collection: plain chat)"
-QUOTE_CHARS = 700
+QUOTE_CHARS = 450
 
 
 @dataclass

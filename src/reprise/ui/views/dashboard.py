@@ -27,7 +27,7 @@ def _events(ctx: context.UIContext) -> tuple[list[dict[str, Any]], str]:
     except GatewayError as exc:
         if exc.status != 403:
             raise
-        return ctx.client.events(all_namespaces=False), f"namespace {ctx.namespace}"
+        return ctx.client.events(all_namespaces=False), "your namespace only"
 
 
 def _upstream_errors(ctx: context.UIContext) -> dict[str, float]:
@@ -67,7 +67,11 @@ def _body(ctx: context.UIContext) -> None:
     left, right = st.columns(2)
     left.pyplot(charts.hit_rate_figure(events))
     right.pyplot(charts.latency_figure(events))
-    left.pyplot(charts.savings_figure(events, ctx.price_per_1k / 1000.0))
+    if summary.saved_tokens:
+        left.pyplot(charts.savings_figure(events, ctx.price_per_1k / 1000.0))
+    else:
+        left.info("No counted tokens saved yet: the plot of tokens and cost saved appears "
+                  "with the first cache hit on an answer whose usage the model reported.")
     with right:
         st.markdown("**Upstream errors by status**")
         if errors:
