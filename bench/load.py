@@ -39,6 +39,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -70,8 +71,8 @@ CONCEPTS = [
     "the CAP theorem", "zero-downtime deployment",
 ]
 FAMILIES: list[tuple[str, str]] = (
-    [(f"How do I {t}?", f"How can I {t}?") for t in TOPICS]
-    + [(f"What is {c}?", f"Can you explain what {c} is?") for c in CONCEPTS]
+    [(f"How do I {t}?", f"How to {t}?") for t in TOPICS]
+    + [(f"What is {c}?", f"What's {c}?") for c in CONCEPTS]
 )
 
 
@@ -89,6 +90,8 @@ class RunStats:
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     wrong: list[tuple[str, str, str]] = field(default_factory=list)  # (tier, asked, answer)
+    # A "new" question carries unique numbers: a semantic hit on one is a wrong answer.
+    suspect: list[tuple[str, str]] = field(default_factory=list)  # (asked, matched)
     seconds: float = 0.0
     error_kinds: dict[str, int] = field(default_factory=dict)
 
@@ -171,6 +174,9 @@ async def drive(targets: list[tuple[str, int]], next_job: Callable[[], tuple[str
                     answer = answer_text(body, stream)
                     if not answer.endswith(question):
                         stats.wrong.append((tier, question, answer))
+                if tier == "semantic" and kind == "new":
+                    matched = unquote(headers.get("x-reprise-matched-question", ""))
+                    stats.suspect.append((question, matched))
                 stats.samples.append(Sample(kind, tier, stream, ms, status))
         finally:
             writer.close()
@@ -382,7 +388,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                   *tier_rows(b), "", f"Outcomes by request kind: {mix_line(b)}.",
                   f"Wrong answers (an exact hit or miss not answering the asked question): "
                   f"**{len(b.wrong)}**" + (f", e.g. {b.wrong[:3]}" if b.wrong else "") + ".",
-                  ""]
+                  f"Semantic hits on new questions (each has unique numbers, so any hit is "
+                  f"wrong): **{len(b.suspect)}**"
+                  + (f", e.g. {b.suspect[:3]}" if b.suspect else "") + ".", ""]
         if "soak" in r:
             s: RunStats = r["soak"]
             total_errors += s.errors
@@ -394,7 +402,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                       "| tier | requests | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |",
                       *tier_rows(s), "",
                       f"Wrong answers: **{len(s.wrong)}**"
-                      + (f", e.g. {s.wrong[:3]}" if s.wrong else "") + ".", "",
+                      + (f", e.g. {s.wrong[:3]}" if s.wrong else "") + "; semantic hits on new "
+                      f"questions: **{len(s.suspect)}**"
+                      + (f", e.g. {s.suspect[:3]}" if s.suspect else "") + ".", "",
                       f"RSS (MiB), sampled every {args.sample_seconds:.0f}s; warm-up = first "
                       f"{args.warmup_fraction:.0%} of the soak:", "",
                       "| process | start | after warm-up | peak after | end | growth | |",

@@ -136,8 +136,11 @@ def sample(pairs: list[Pair], n: int | None, seed: int = 13) -> list[Pair]:
 class EmbeddingCache:
     """Vectors of already embedded texts, kept in one ``.npz`` per embedder name."""
 
-    def __init__(self, directory: Path, name: str, dim: int) -> None:
+    def __init__(self, directory: Path, name: str, dim: int, autosave: bool = True) -> None:
+        """``autosave=False`` for many small lookups: call ``save`` when done instead of
+        rewriting the file after every miss."""
         directory.mkdir(parents=True, exist_ok=True)
+        self.autosave = autosave
         self.path = directory / f"{name}.npz"
         self.dim = dim
         self._vectors: dict[str, np.ndarray] = {}
@@ -160,7 +163,8 @@ class EmbeddingCache:
             for text, vec in zip(part, embed(part), strict=True):
                 self._vectors[self._key(text)] = np.asarray(vec, dtype=np.float32)
             self._dirty = True
-            self.save()
+            if self.autosave:
+                self.save()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._vectors[self._key(t)] for t in texts])

@@ -36,8 +36,8 @@ from reprise.cache.semantic import (  # noqa: E402
     SemanticLookup,
     embedding_text,
 )
-from reprise.config import Settings  # noqa: E402
 from reprise.cache.verifier import Verifier  # noqa: E402
+from reprise.config import Settings  # noqa: E402
 from reprise.embed.use import UseEmbedder  # noqa: E402
 from reprise.store.base import CacheEntry  # noqa: E402
 from reprise.store.memory import MemoryStore  # noqa: E402
@@ -96,7 +96,7 @@ class CachedE5:
     name, dim = "e5", 384
 
     def __init__(self, cache_dir: Path) -> None:
-        self.cache = sd.EmbeddingCache(cache_dir, self.name, self.dim)
+        self.cache = sd.EmbeddingCache(cache_dir, self.name, self.dim, autosave=False)
         self._model: Any = None
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -309,7 +309,8 @@ async def main() -> None:
     verifier = Verifier.load()
     # The shipped default, not whatever REPRISE_* variables say on this machine.
     thr = float(Settings.model_fields["semantic_threshold"].default)
-    e5 = E5Similarity(lambda: CachedE5(args.cache_dir), cache_size=1 << 20)
+    cached_e5 = CachedE5(args.cache_dir)
+    e5 = E5Similarity(lambda: cached_e5, cache_size=1 << 20)
     lookup = SemanticLookup(MemoryStore(embedder.dim, 1 << 31), embedder, verifier,
                             threshold=thr, e5=e5)
     results: dict[str, Outcomes] = {}
@@ -324,11 +325,13 @@ async def main() -> None:
         texts = [t for p in pairs for t in (p.q1, p.q2)] + fill
         vec = embed_all(cache, embedder, texts)
         results[name] = await run_pairs(name, pairs, fill, lookup, vec)
+        cached_e5.cache.save()
         print(f"{name}: {len(pairs)} pairs, {time.time() - t0:.0f}s", flush=True)
     mock = sd.mock_pairs()
     texts = [t for p in mock for t in (p.q1, p.q2)] + qqp_fill
     vec = embed_all(cache, embedder, texts)
     results["gptcache-mock"] = await run_mock(mock, qqp_fill, lookup, vec)
+    cached_e5.cache.save()
     md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "semantic.md").write_text(md, encoding="utf-8")

@@ -43,7 +43,7 @@ DOCS = ROOT.parent / "shared" / "data" / "documents"
 SAMPLES = [DOCS / "pdf" / "docling_multi_page.pdf",
            DOCS / "md" / "pt_querido_diario_toolbox_README.md"]
 QUESTION = "What is a distributed system?"
-PARAPHRASE = "Explain what a distributed system is."
+PARAPHRASE = "What's a distributed system?"
 RAG_QUESTION = "Who made the first word processor?"
 CHAT_INPUT = 'textarea[data-testid="stChatInputTextArea"]'
 
@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
             b.screenshot(out / "cache.png")
             b.open(f"{ui}/dashboard", "Hit rate")
             b.wait("the plots", lambda: b.js(
-                "document.querySelectorAll('[data-testid=\"stImage\"] img').length") >= 3)
+                "document.querySelectorAll('[data-testid=\"stImage\"] img').length") >= 2)
             b.screenshot(out / "dashboard.png")
     print("the real-browser check passed: the second identical question showed a hit badge")
     return 0

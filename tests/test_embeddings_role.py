@@ -156,9 +156,9 @@ def test_gateway_uses_the_embeddings_service_for_its_semantic_tier(
                 return c.post("/v1/chat/completions", json={
                     "model": "fake-model", "messages": [{"role": "user", "content": q}]})
 
-            first = ask("O que são sistemas distribuídos?")
+            first = ask("What is the refund policy for annual plans?")
             assert first.headers["x-reprise-cache"] == "miss"
-            second = ask("Explique sistemas distribuídos")
+            second = ask("What's the refund policy for annual plans?")
             assert second.headers["x-reprise-cache"] == "semantic"
             assert (second.json()["choices"][0]["message"]["content"]
                     == first.json()["choices"][0]["message"]["content"])

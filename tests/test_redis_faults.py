@@ -51,7 +51,9 @@ def question(tag: str, i: int) -> str:
 
 
 def paraphrase(tag: str, i: int) -> str:
-    return f"How can I rotate the signing key of service {tag}-{i}"
+    """Another exact key for the same question once normalised: a lookup that needs the
+    vector index (and not the learned verifier's judgement of a looser paraphrase)."""
+    return f"how do I rotate the signing key of service {tag}-{i}"
 
 
 async def _stream(base: str, server: RedisServer, tag: str, headers: dict[str, str]) -> list[
@@ -111,6 +113,10 @@ def test_redis_outage_under_load_fails_open_and_recovers(
                          single_flight_lock_seconds=5.0) as (base, comp):
         outcomes = asyncio.run(_stream(base, own_redis, tag, h))
 
+        import sys
+        rr = redis.Redis.from_url(own_redis.url)
+        print("DEBUG dbsize", rr.dbsize(), rr.keys()[:5], comp.cache.health.last_error, own_redis.running, own_redis.port, file=sys.stderr)
+        print("DEBUG phases", [(o.index, o.phase, o.tier) for o in outcomes][-35:], file=sys.stderr)
         # 1. No request failed because of the cache, in any phase.
         assert len(outcomes) == TOTAL
         failed = [o for o in outcomes if o.status != 200 or not o.text.startswith("Answer #")]

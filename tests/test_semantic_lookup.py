@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from reprise.cache.semantic import SemanticLookup
+from reprise.cache.semantic import E5Similarity, SemanticLookup
 from reprise.cache.verifier import Verifier
+from reprise.config import Settings
+from reprise.embed.e5 import E5Embedder
 from reprise.embed.factory import make_embedder
 from reprise.embed.use import UseEmbedder
 from reprise.store.base import CacheEntry
@@ -21,11 +23,17 @@ def embedder() -> UseEmbedder:
     return e
 
 
+@pytest.fixture(scope="module")
+def e5_model() -> E5Embedder:
+    return E5Embedder()
+
+
 @pytest.fixture
-def lookup(embedder: UseEmbedder) -> SemanticLookup:
-    verifier = Verifier.load()
-    return SemanticLookup(MemoryStore(embedder.dim), embedder, verifier,
-                          threshold=verifier.config.threshold)
+def lookup(embedder: UseEmbedder, e5_model: E5Embedder) -> SemanticLookup:
+    """As ``components.build_semantic`` wires it, at the shipped default threshold."""
+    return SemanticLookup(MemoryStore(embedder.dim), embedder, Verifier.load(),
+                          threshold=Settings.model_fields["semantic_threshold"].default,
+                          e5=E5Similarity(lambda: e5_model))
 
 
 async def remember(lookup: SemanticLookup, question: str, fingerprint: str = FP) -> None:

@@ -99,7 +99,9 @@ def _ui_process(settings: Settings, port: int, gateway_url: str | None = None,
     script = Path(__file__).parent / "ui" / "app.py"
     argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
             "--server.address", settings.host, "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+            # The file picker refuses what the gateway would refuse anyway (MB per file).
+            "--server.maxUploadSize", str(max(1, settings.max_upload_bytes >> 20))]
     return ManagedProcess("ui", argv, ready_url=f"http://127.0.0.1:{port}/_stcore/health",
                           env={"REPRISE_GATEWAY_URL": gateway_url or settings.gateway_url},
                           log_file=log_file)

@@ -61,8 +61,10 @@ def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
     from reprise.cache.verifier import Verifier
 
     # Loaded on the first candidate that needs it (most lookups never do).
-    e5 = (E5Similarity(lambda: embedder if embedder.name == "e5" else build_embedder(settings, "e5"))
-          if settings.semantic_verifier_e5 else None)
+    def load_e5() -> Embedder:
+        return embedder if embedder.name == "e5" else build_embedder(settings, "e5")
+
+    e5 = E5Similarity(load_e5) if settings.semantic_verifier_e5 else None
     return SemanticLookup(
         store,
         embedder,

@@ -44,12 +44,28 @@ def _route_of(scope: Scope) -> str:
     path = getattr(scope.get("route"), "path", None)
     if path:
         return str(path)
-    router = getattr(scope.get("app"), "router", None)
-    for route in getattr(router, "routes", ()):
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+    return _match_template(getattr(getattr(scope.get("app"), "router", None), "routes", ()),
+                           scope) or "unmatched"
+
+
+def _match_template(routes: Any, scope: Scope) -> str | None:
+    """Walk the routes (and included routers, which FastAPI wraps) for a full match."""
+    for route in routes:
+        try:
+            match, _ = route.matches(scope)
+        except (KeyError, AttributeError):
+            continue
+        if match != Match.FULL:
+            continue
+        path = getattr(route, "path", None)
+        if path:
+            return str(path)
+        inner = getattr(getattr(route, "original_router", route), "routes", None)
+        if inner:
+            found = _match_template(inner, scope)
+            if found:
+                return found
+    return None
 
 
 async def send_json_error(send: Send, status: int, message: str, code: str,

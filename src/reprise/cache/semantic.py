@@ -30,7 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from reprise.cache.guards import run_guards
-from reprise.cache.verifier import Verifier, pair_features, same_question, with_e5
+from reprise.cache.verifier import (
+    Verifier,
+    pair_features,
+    same_question,
+    same_request,
+    with_e5,
+)
 from reprise.embed.base import Embedder
 from reprise.store.base import CacheEntry, SearchHit, Store
 
@@ -186,7 +192,9 @@ class SemanticLookup:
             if not verdict.ok:
                 out.append(Assessment(hit, verdict.reason, 0.0))
                 continue
-            if same_question(question, hit.entry.question):
+            if same_question(question, hit.entry.question) or same_request(
+                question, hit.entry.question
+            ):
                 out.append(Assessment(hit, None, 1.0))
                 continue
             features = pair_features(question, hit.entry.question, hit.similarity)

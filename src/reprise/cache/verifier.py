@@ -64,7 +64,7 @@ FEATURES: tuple[str, ...] = (
     "e5_cosine",
 )
 E5 = FEATURES.index("e5_cosine")
-E5_GRID = 17  # points of the e5 range evaluated by ``Verifier.bounds``
+E5_GRID = 33  # points of the e5 range evaluated by ``Verifier.bounds``
 
 _WH = {
     "what": "what", "which": "what", "who": "who", "whom": "who", "whose": "who",
@@ -212,6 +212,40 @@ def same_question(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
+# Ways of asking for an explanation of something. "O que são X?" and "Explique X" want the
+# same answer; the learned verifier, trained on pairs that mostly share their frame, scores
+# such a swap low. Latin-script only: Chinese frames cannot be stripped reliably without
+# word boundaries.
+_FRAMES = (
+    "what is", "what are", "what's", "explain", "define", "describe", "tell me about",
+    "what is meant by", "what does it mean", "definition of", "meaning of",
+    "o que é", "o que são", "o que significa", "explique", "explica", "defina", "descreva",
+    "me explique", "fale sobre", "me fale sobre", "definição de", "significado de",
+)
+_FRAME_RX = re.compile(
+    r"^(?:please |por favor )?(?:"
+    + "|".join(re.escape(f) for f in sorted(_FRAMES, key=len, reverse=True))
+    + r")\b\s*(?:(?:a|an|the|o|os|as|um|uma)\s+)?"
+)
+
+
+def _framed(text: str) -> tuple[str, str] | None:
+    """(frame, subject) when the text is "<explain-frame> <subject>", else None."""
+    t = g.normalize(text).casefold().strip(" ?？.。!！")
+    m = _FRAME_RX.match(t)
+    if m is None or g.has_cjk(t):
+        return None
+    subject = t[m.end():].strip(" ,:")
+    return (m.group(0).strip(), subject) if subject else None
+
+
+def same_request(a: str, b: str) -> bool:
+    """Both ask for an explanation of the same subject, in different words: the frame
+    differs ("o que são" / "explique"), the subject is the same text."""
+    fa, fb = _framed(a), _framed(b)
+    return fa is not None and fb is not None and fa[1] == fb[1] and fa[0] != fb[0]
+
+
 def min_words(query: str, candidate: str) -> int:
     """Words (jieba words for Chinese) of the shorter side: the verifier's length group."""
     return min(len(_tokens(query)), len(_tokens(candidate)))
@@ -306,7 +340,7 @@ class Verifier:
         return lo, hi
 
     def score(self, query: str, candidate: str, cosine: float, e5_cosine: float) -> float:
-        if same_question(query, candidate):
+        if same_question(query, candidate) or same_request(query, candidate):
             return 1.0
         return float(self.predict(pair_features(query, candidate, cosine, e5_cosine))[0])
 
