@@ -113,10 +113,6 @@ def test_redis_outage_under_load_fails_open_and_recovers(
                          single_flight_lock_seconds=5.0) as (base, comp):
         outcomes = asyncio.run(_stream(base, own_redis, tag, h))
 
-        import sys
-        rr = redis.Redis.from_url(own_redis.url)
-        print("DEBUG dbsize", rr.dbsize(), rr.keys()[:5], comp.cache.health.last_error, own_redis.running, own_redis.port, file=sys.stderr)
-        print("DEBUG phases", [(o.index, o.phase, o.tier) for o in outcomes][-35:], file=sys.stderr)
         # 1. No request failed because of the cache, in any phase.
         assert len(outcomes) == TOTAL
         failed = [o for o in outcomes if o.status != 200 or not o.text.startswith("Answer #")]

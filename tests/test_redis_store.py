@@ -264,17 +264,22 @@ async def test_password_url_and_wrong_password(tmp_path: Path) -> None:
             await bad.close()
 
 
-async def test_tls_url(tmp_path: Path) -> None:
-    """``rediss://`` (TLS, server certificate verified against a CA file) works end to end."""
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TlsFiles:
+    """A self-signed certificate for 127.0.0.1 (it is its own CA)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not available to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return TlsFiles(cert, key, cert)
+
+
+async def test_tls_url(tmp_path: Path, tls_files: TlsFiles) -> None:
+    """``rediss://`` (TLS, server certificate verified against a CA file) works end to end."""
     try:
-        server = start_server(CACHE_DIR, data_dir=tmp_path / "redis",
-                              tls=TlsFiles(cert, key, cert))
+        server = start_server(CACHE_DIR, data_dir=tmp_path / "redis", tls=tls_files)
     except RedisStackUnavailable as exc:
         pytest.skip(str(exc))
     with server:

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -275,10 +276,13 @@ class RedisServer:
         if self.running:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The parent-death signal follows the *thread* that forks: a server (re)started from
+        # a worker thread (``asyncio.to_thread``) would be killed when that thread retires.
+        on_main = threading.current_thread() is threading.main_thread()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.install.env(), preexec_fn=_die_with_parent,
+                env=self.install.env(), preexec_fn=_die_with_parent if on_main else None,
             )
         self._wait_ready()
         return self
