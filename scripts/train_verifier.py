@@ -32,6 +32,8 @@ import semantic_data as sd  # noqa: E402
 from reprise.cache.guards import run_guards  # noqa: E402
 from reprise.cache.semantic import embedding_text  # noqa: E402
 from reprise.cache.verifier import (  # noqa: E402
+    AGREE_COSINE,
+    AGREE_E5,
     E5,
     FEATURES,
     Verifier,
@@ -237,13 +239,15 @@ def main() -> None:
     # per length group, jointly; every set in PRECISION_FLOOR must keep its floor over all of
     # its held-out pairs; among those points, maximise the weighted recall, then take the
     # lowest floor within RECALL_SLACK of the best (the floor only prunes).
+    # Pairs both embedders agree on are accepted without the model (Verifier.score).
+    agree = guard_ok & (cos >= AGREE_COSINE) & (np.nan_to_num(e5) >= AGREE_E5)
     held_sets = {n: held & (names == n) for n in set(PRECISION_FLOOR) | set(RECALL_WEIGHT)}
     feasible: list[tuple[float, float, float, float]] = []
     for t in np.round(np.arange(COS_GRID[0], COS_GRID[1] + 1e-9, 0.01), 2):
         base = (cos >= t) & guard_ok
         for cs in CUTOFF_GRID:
             for cl in CUTOFF_GRID:
-                accept = base & (prob >= np.where(long, cl, cs))
+                accept = base & ((prob >= np.where(long, cl, cs)) | agree)
                 if any(pr(accept[held_sets[n]], y[held_sets[n]])[0] < f
                        for n, f in PRECISION_FLOOR.items()):
                     continue
@@ -256,7 +260,7 @@ def main() -> None:
         (f for f in feasible if f[0] >= RECALL_SLACK * top), key=lambda f: (f[1], -f[0]))
     model["threshold"], model["cutoff"] = round(thr, 2), round(cut, 2)
     model["cutoff_long"], model["long_words"] = round(cut_long, 2), LONG_WORDS
-    decision = (cos >= thr) & guard_ok & (prob >= np.where(long, cut_long, cut))
+    decision = (cos >= thr) & guard_ok & ((prob >= np.where(long, cut_long, cut)) | agree)
     rows = []
     for name in SET_WEIGHT:
         sel = held & (names == name)

@@ -72,7 +72,7 @@ def ns() -> dict[str, str]:
 
 def chat(base: str, text: str, headers: dict[str, str], **extra: Any) -> httpx.Response:
     body = {"model": "fake-model", "messages": [{"role": "user", "content": text}], **extra}
-    return httpx.post(base + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+    return httpx.post(base + "/v1/chat/completions", json=body, headers=headers, timeout=180)
 
 
 def content(r: httpx.Response) -> str:
@@ -130,7 +130,7 @@ def test_single_flight_across_replicas(replicas: list[GatewayProcess],
     body = {"model": "fake-model", "messages": [{"role": "user", "content": question}]}
 
     async def run() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=180) as client:
             async def one(i: int) -> httpx.Response:
                 base = replicas[i % 2].url
                 return await client.post(base + "/v1/chat/completions", headers=h,
@@ -144,9 +144,16 @@ def test_single_flight_across_replicas(replicas: list[GatewayProcess],
     assert state.calls - before == 1
     answers = {content(r) for r in responses if not r.headers["content-type"].startswith(
         "text/event-stream")}
-    assert len(answers) == 1 and answers.pop().startswith("Answer #")
+    assert len(answers) == 1 and next(iter(answers)).startswith("Answer #")
+    answers_text = answers.pop()
+    # The leader and its in-process followers report "miss"; requests that arrive while the
+    # answer is being stored are exact hits, or semantic ones (identical text, similarity 1)
+    # when their exact lookup ran just before the store and their vector search just after.
     tiers = [r.headers["x-reprise-cache"] for r in responses]
-    assert tiers.count("miss") >= 1 and set(tiers) <= {"miss", "exact"}
+    assert tiers.count("miss") >= 1 and set(tiers) <= {"miss", "exact", "semantic"}
+    streamed = {stream_text(sse_events(r.text)) for r in responses
+                if r.headers["content-type"].startswith("text/event-stream")}
+    assert streamed == {answers_text}
     # Both replicas served some of them (the test is about crossing processes).
     assert {r.url.port for r in responses} == {replicas[0].port, replicas[1].port}
 
@@ -166,7 +173,7 @@ def test_crashed_holder_lock_expires(replica_env: dict[str, str], replicas: list
                                daemon=True)
     try:
         pending.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while not any(_last_user(b) == question for b in list(state.requests)):
             assert time.monotonic() < deadline, "the victim never asked the model"
             time.sleep(0.02)

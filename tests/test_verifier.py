@@ -88,3 +88,10 @@ def test_training_data_is_recorded_beside_the_weights() -> None:
     for split in ("qqp_pairs_40k.tsv", "LCQMC `dev.txt`", "BQ `dev.csv`", "assin2-dev.xml"):
         assert split in card
     assert "test.txt" not in card.replace("No report split", "")
+
+
+def test_embedders_agreeing_is_accepted(verifier: Verifier) -> None:
+    """USE 0.97 / e5 0.998: a textbook rewording the model alone scores below its cutoff."""
+    a, b = "How do I reset my password?", "How can I reset my password?"
+    assert verifier.score(a, b, 0.97, 0.998) == 1.0
+    assert verifier.score(a, b, 0.97, 0.95) < 1.0

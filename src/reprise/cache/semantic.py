@@ -31,6 +31,8 @@ import numpy as np
 
 from reprise.cache.guards import run_guards
 from reprise.cache.verifier import (
+    AGREE_COSINE,
+    AGREE_E5,
     Verifier,
     pair_features,
     same_question,
@@ -208,7 +210,8 @@ class SemanticLookup:
         for i, (hit, _, long) in enumerate(pending):
             cuts = [self.verifier.cutoff_for(t, long) for t in ts if hit.similarity >= t]
             lo, hi = float(lows[i]), float(highs[i])
-            if not cuts or all(hi < c for c in cuts):
+            agree_possible = hit.similarity >= AGREE_COSINE  # e5 may still accept it
+            if not cuts or (all(hi < c for c in cuts) and not agree_possible):
                 scores.append(hi)  # rejected at every e5 value (or never judged)
             elif all(lo >= c for c in cuts):
                 scores.append(lo)  # accepted at every e5 value
@@ -234,8 +237,10 @@ class SemanticLookup:
             else:
                 rows = np.stack([with_e5(pending[i][1], s) for i, s in
                                  zip(undecided, sims, strict=True)])
-                for i, p in zip(undecided, self.verifier.predict(rows), strict=True):
-                    scores[i] = float(p)
+                probs = self.verifier.predict(rows)
+                for i, p, e5 in zip(undecided, probs, sims, strict=True):
+                    agree = pending[i][0].similarity >= AGREE_COSINE and e5 >= AGREE_E5
+                    scores[i] = 1.0 if agree else float(p)
                     used.add(i)
         out += [
             Assessment(h, None, scores[i], long, i in used)
