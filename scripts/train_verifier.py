@@ -350,7 +350,9 @@ costs ~10 ms per text on 2 cores, so the cache computes it only for candidates w
 verdict depends on it. Besides the model, two rules score 1.0: the same text up to case,
 spacing and closing punctuation (`same_question`), and the same subject under two
 different explain-frames, e.g. "O que são X?" / "Explique X" (`same_request`; on the
-tuning pairs it fires on 28 QQP pairs, all duplicates).
+tuning pairs it fires on 28 QQP pairs, all duplicates). A third accepts without the model
+when both embedders agree (USE ≥ {AGREE_COSINE}, e5 ≥ {AGREE_E5}, guards passing); it is
+part of the decision the operating point below is chosen for.
 
 ## Model and training
 Standardised features → {hidden} tanh units → sigmoid ({'logistic regression' if not hidden
