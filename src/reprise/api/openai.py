@@ -80,6 +80,11 @@ def outcome_headers(outcome: ChatOutcome) -> dict[str, str]:
         headers["X-Reprise-Similarity"] = f"{outcome.similarity:.4f}"
     if outcome.matched_question:
         headers["X-Reprise-Matched-Question"] = quote(outcome.matched_question[:300])
+    if outcome.timings:
+        # W3C Server-Timing: browsers' dev tools and load tools show where a lookup's time
+        # went (exact lookup, question embedding, semantic search + verification).
+        headers["Server-Timing"] = ", ".join(
+            f"{name.removesuffix('_ms')};dur={ms:.2f}" for name, ms in outcome.timings.items())
     return headers
 
 
@@ -147,6 +152,7 @@ async def chat_completions(request: Request) -> Response:
             tier=outcome.tier, latency_s=time.perf_counter() - started, stream=req.stream,
             status=status, namespace=namespace, saved_prompt=outcome.saved_prompt_tokens,
             saved_completion=outcome.saved_completion_tokens, similarity=outcome.similarity,
+            tokens_estimated=outcome.tokens_estimated,
         )
 
     if not req.stream:

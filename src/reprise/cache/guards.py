@@ -838,27 +838,43 @@ _ANTONYMS_ZH: tuple[tuple[str, str], ...] = (
 )
 
 
-def _latin_has(tokens: list[str], joined: str, term: str) -> bool:
-    if " " in term:
-        return f" {term} " in f" {joined} "
-    if term.endswith("*"):
-        stem = term[:-1]
-        return any(t.startswith(stem) for t in tokens)
-    return term in tokens
+_LATIN_TERMS = frozenset(t for pair in (*_ANTONYMS_EN, *_ANTONYMS_PT) for t in pair)
+_TERM_PHRASES = frozenset(t for t in _LATIN_TERMS if " " in t)
+_TERM_STEMS = frozenset(t[:-1] for t in _LATIN_TERMS if " " not in t and t.endswith("*"))
+_TERM_WORDS = frozenset(t for t in _LATIN_TERMS if " " not in t and not t.endswith("*"))
+
+
+@lru_cache(maxsize=8192)
+def _latin_terms(text: str) -> frozenset[str]:
+    """The antonym-list terms a text contains, in the lists' spelling ("desativ*" for a word
+    starting with that stem, a phrase when its words appear in a row).
+
+    Found per token (every prefix looked up in the stem set) rather than per term: a
+    lookup compares the question with each of its candidates, and the lists hold a few
+    hundred terms, so scanning them for every pair cost more than the vector search.
+    """
+    toks = words(text)
+    found: set[str] = set()
+    for tok in set(toks):
+        if tok in _TERM_WORDS:
+            found.add(tok)
+        found.update(tok[:i] + "*" for i in range(1, len(tok) + 1) if tok[:i] in _TERM_STEMS)
+    padded = f" {' '.join(toks)} "
+    found.update(ph for ph in _TERM_PHRASES if f" {ph} " in padded)
+    return frozenset(found)
 
 
 def antonym_pairs(query: str, candidate: str) -> list[tuple[str, str]]:
     """Antonym pairs where one side uses one word and the other side its opposite only."""
     hits: list[tuple[str, str]] = []
-    qt, ct = words(query), words(candidate)
-    qj, cj = " ".join(qt), " ".join(ct)
-    for x, y in (*_ANTONYMS_EN, *_ANTONYMS_PT):
-        qx, qy = _latin_has(qt, qj, x), _latin_has(qt, qj, y)
-        cx, cy = _latin_has(ct, cj, x), _latin_has(ct, cj, y)
-        # The negative-prefix form ("desativ*") also starts like no positive stem, but
-        # "dis/des/un" words do not start with the positive stem, so this test is exact.
-        if (qx and not qy and cy and not cx) or (qy and not qx and cx and not cy):
-            hits.append((x.rstrip("*"), y.rstrip("*")))
+    qt, ct = _latin_terms(query), _latin_terms(candidate)
+    if qt or ct:
+        for x, y in (*_ANTONYMS_EN, *_ANTONYMS_PT):
+            qx, qy, cx, cy = x in qt, y in qt, x in ct, y in ct
+            # The negative-prefix form ("desativ*") also starts like no positive stem, but
+            # "dis/des/un" words do not start with the positive stem, so this test is exact.
+            if (qx and not qy and cy and not cx) or (qy and not qx and cx and not cy):
+                hits.append((x.rstrip("*"), y.rstrip("*")))
     if has_cjk(query) or has_cjk(candidate):
         qs, cs = normalize(query), normalize(candidate)
         for x, y in _ANTONYMS_ZH:

@@ -5,11 +5,11 @@ rule guards (numbers, entities, negation, antonyms, language), then the learned 
 A wrong cached answer is worse than a miss, so every stage can only remove candidates.
 
 The verifier's strongest feature is a second embedder's similarity (multilingual-e5-small),
-which costs ~10 ms per text. It is computed only for a candidate whose verdict depends on
-it: the verifier first scores every candidate over the whole range of that feature, and a
-pair that passes (or fails) at every e5 value is decided without it. e5 vectors of stored
-questions are kept in a small LRU, so a repeated grey-zone candidate costs one embedding
-(the incoming question's) at most.
+which costs ~12 ms per text. The verifier first scores every candidate over the whole
+range of that feature, and a pair that passes (or fails) at every e5 value is decided
+without it. The gateway starts the incoming question's e5 pass in parallel with the USE
+pass (``prefetch``), and e5 vectors are kept in an LRU, so a stored question (embedded when
+it was asked) and the incoming one are both ready when a grey-zone candidate needs them.
 
 Threshold and verifier combine like this: the threshold is the cosine floor, and the
 verifier's cutoff moves with it (``Verifier.cutoff_for``). A caller who lowers the
@@ -25,6 +25,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,45 +83,104 @@ class Assessment:
 
 
 class E5Similarity:
-    """Second-embedder similarity for the verifier, loaded on first use, with an LRU of
-    vectors (stored questions come back as candidates again and again).
+    """Second-embedder similarity for the verifier: the model is loaded on first use and
+    vectors are kept in an LRU keyed by ``embedding_text`` (stored questions come back as
+    candidates again and again, and a question looked up as a miss is stored next).
 
-    Thread-safe: ``SemanticLookup.assess`` runs in worker threads.
+    ``prefetch`` embeds the incoming question while the first embedder and the index search
+    run, so a candidate that needs e5 costs no extra wait for the question's side; the
+    stored side was embedded the same way when it was asked. Texts being embedded are
+    tracked, so a lookup that needs a vector a prefetch is computing waits for it instead of
+    embedding it twice.
+
+    Thread-safe: ``SemanticLookup.assess`` and ``prefetch`` run in worker threads. Model
+    calls are serialised: the engine already spreads one call over every core.
     """
 
-    def __init__(self, factory: Callable[[], Embedder], cache_size: int = 4096) -> None:
+    def __init__(self, factory: Callable[[], Embedder], cache_size: int = 16384) -> None:
         self._factory = factory
         self._embedder: Embedder | None = None
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._inflight: dict[str, Future[dict[str, np.ndarray]]] = {}
         self._size = cache_size
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the LRU and the in-flight table
+        self._model_lock = threading.Lock()  # loading and calling the model
         self._failed: Exception | None = None
+        # Prefetches get their own thread: waiting for the model there must not hold the
+        # event loop's shared workers (the USE pass and store calls run on those).
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprise-e5")
         self.calls = 0  # texts embedded (for benchmarks and tests)
 
-    def similarities(self, question: str, candidates: Sequence[str]) -> list[float]:
-        texts = [embedding_text(question), *(embedding_text(c) for c in candidates)]
+    def _model(self) -> Embedder:
+        with self._model_lock:
+            if self._failed is not None:
+                raise self._failed
+            if self._embedder is None:
+                try:
+                    self._embedder = self._factory()
+                except Exception as exc:  # not installed: remembered, not retried
+                    self._failed = exc
+                    raise
+            return self._embedder
+
+    def vectors(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """e5 vectors of ``texts`` (already in ``embedding_text`` form), by text."""
+        found: dict[str, np.ndarray] = {}
+        waits: list[Future[dict[str, np.ndarray]]] = []
+        todo: list[str] = []
+        mine: Future[dict[str, np.ndarray]] = Future()
         with self._lock:
-            missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
-            if missing:
-                if self._failed is not None:
-                    raise self._failed
-                if self._embedder is None:
-                    try:
-                        self._embedder = self._factory()
-                    except Exception as exc:  # not installed: remembered, not retried
-                        self._failed = exc
-                        raise
-                vectors = self._embedder.embed_sync(missing, "query")
-                self.calls += len(missing)
-                for t, v in zip(missing, vectors, strict=True):
-                    self._vectors[t] = np.asarray(v, dtype=np.float32)
-            for t in texts:
-                self._vectors.move_to_end(t)
-            vecs = [self._vectors[t] for t in texts]
-            while len(self._vectors) > self._size:
-                self._vectors.popitem(last=False)
-        q = vecs[0]
-        return [float(q @ v) for v in vecs[1:]]
+            if self._failed is not None:
+                raise self._failed
+            for t in dict.fromkeys(texts):
+                if t in self._vectors:
+                    self._vectors.move_to_end(t)
+                    found[t] = self._vectors[t]
+                elif t in self._inflight:
+                    waits.append(self._inflight[t])
+                else:
+                    todo.append(t)
+                    self._inflight[t] = mine
+        if todo:
+            try:
+                model = self._model()
+                with self._model_lock:
+                    vecs = model.embed_sync(todo, "query")
+            except Exception as exc:
+                with self._lock:
+                    for t in todo:
+                        self._inflight.pop(t, None)
+                mine.set_exception(exc)
+                raise
+            done = {t: np.asarray(v, dtype=np.float32) for t, v in zip(todo, vecs, strict=True)}
+            with self._lock:
+                self.calls += len(todo)
+                for t, v in done.items():
+                    self._vectors[t] = v
+                    self._inflight.pop(t, None)
+                while len(self._vectors) > self._size:
+                    self._vectors.popitem(last=False)
+            mine.set_result(done)
+            found.update(done)
+        for fut in waits:
+            found.update(fut.result())
+        return found
+
+    def prefetch(self, question: str) -> None:
+        """Embed ``question`` ahead of need; failures are left for the lookup to meet."""
+        try:
+            self.vectors([embedding_text(question)])
+        except Exception as exc:
+            log.debug("e5 prefetch failed: %s", exc)
+
+    async def prefetch_async(self, question: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.prefetch, question)
+
+    def similarities(self, question: str, candidates: Sequence[str]) -> list[float]:
+        q = embedding_text(question)
+        texts = [embedding_text(c) for c in candidates]
+        vecs = self.vectors([q, *texts])
+        return [float(vecs[q] @ vecs[t]) for t in texts]
 
 
 class SemanticLookup:
@@ -165,6 +225,14 @@ class SemanticLookup:
         """
         vectors = await self.embedder.embed([embedding_text(question)], "query")
         return np.asarray(vectors[0], dtype=np.float32)
+
+    async def prefetch(self, question: str) -> None:
+        """Start the verifier's second embedding of ``question`` early (see
+        ``E5Similarity``). Run it beside ``embed``: on two cores the e5 pass (~12 ms) then
+        overlaps the USE pass and the search instead of following them; and when the lookup
+        misses, the vector is ready for the next question this one will be compared with."""
+        if self.e5 is not None:
+            await self.e5.prefetch_async(question)
 
     def cutoffs(self, threshold: float | None) -> dict[bool, float]:
         """Verifier cutoff per length group (False = short, True = long) at a threshold."""

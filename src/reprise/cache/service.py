@@ -134,6 +134,8 @@ class CacheService:
             return LookupResult("miss", timings=timings)
         assert self.semantic is not None and keys.question is not None
         vector: np.ndarray | None = None
+        # The verifier's second embedding runs beside the first (see SemanticLookup.prefetch).
+        self._spawn(self.semantic.prefetch(keys.question))
         try:
             t1 = time.perf_counter()
             vector = await self.semantic.embed(keys.question)
