@@ -7,6 +7,7 @@ lives in one place and nothing is a module-level global.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class Components:
     metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)
     known_models: set[str] = field(default_factory=set)
+    embedders: EmbedderPool | None = None  # shared model instances (see EmbedderPool)
 
     async def aclose(self) -> None:
         rag = self.extras.get("rag")
@@ -43,6 +45,28 @@ class Components:
         await self.cache.aclose()
         await self.upstream.aclose()
         await self.store.close()
+
+
+class EmbedderPool:
+    """One instance per embedder kind for the whole process.
+
+    The semantic verifier needs e5, and so does document retrieval when ``rag_embedder`` is
+    e5: without a pool each would load its own copy of the model. Thread-safe: the verifier
+    loads its model from a worker thread.
+    """
+
+    def __init__(self, settings: Settings, preset: Embedder | None = None) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._by_kind: dict[str, Embedder] = {}
+        if preset is not None:
+            self._by_kind[preset.name] = preset
+
+    def get(self, kind: str) -> Embedder:
+        with self._lock:
+            if kind not in self._by_kind:
+                self._by_kind[kind] = build_embedder(self._settings, kind)
+            return self._by_kind[kind]
 
 
 def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
@@ -56,13 +80,16 @@ def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
     )
 
 
-def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
+def build_semantic(settings: Settings, store: Store, embedder: Embedder,
+                   pool: EmbedderPool | None = None) -> Any:
     from reprise.cache.semantic import E5Similarity, SemanticLookup
     from reprise.cache.verifier import Verifier
 
-    # Loaded on the first candidate that needs it (most lookups never do).
+    pool = pool or EmbedderPool(settings, embedder)
+
+    # Loaded on the first question that needs it, off the event loop.
     def load_e5() -> Embedder:
-        return embedder if embedder.name == "e5" else build_embedder(settings, "e5")
+        return pool.get("e5")
 
     e5 = E5Similarity(load_e5) if settings.semantic_verifier_e5 else None
     return SemanticLookup(
@@ -108,7 +135,8 @@ def build_components(
         embedder = build_embedder(settings)
     dim = embedder.dim if embedder is not None else 512
     store = store or make_store(settings, dim)
-    semantic = build_semantic(settings, store, embedder) if embedder is not None else None
+    pool = EmbedderPool(settings, embedder)
+    semantic = build_semantic(settings, store, embedder, pool) if embedder is not None else None
     cache = CacheService(
         store, semantic, ttl_seconds=settings.cache_ttl_seconds,
         semantic_enabled=settings.semantic_enabled,
@@ -122,4 +150,4 @@ def build_components(
     )
     cache.health.listeners.append(lambda op: metrics.store_errors.labels(op).inc())
     return Components(settings, store, embedder, cache, upstream, chat, metrics,
-                      known_models=set(settings.public_models))
+                      known_models=set(settings.public_models), embedders=pool)

@@ -79,6 +79,8 @@ class RagService:
             pass
         elif comp.embedder is not None and comp.embedder.name == settings.rag_embedder:
             embedder = comp.embedder
+        elif comp.embedders is not None:  # the verifier's e5, when both use e5
+            embedder = comp.embedders.get(settings.rag_embedder)
         else:
             embedder = build_embedder(settings, settings.rag_embedder)
         data = settings.data_dir
