@@ -143,7 +143,8 @@ def token_calibration(files: list[Path]) -> list[str]:
         tok = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     except Exception as exc:  # optional section of the report
         return [f"(SmolLM2 tokenizer unavailable: {exc})"]
-    lines = ["| file | estimate | SmolLM2 tokens | estimate / real |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| file | estimate | SmolLM2 tokens | estimate / real |",
+             "| --- | ---: | ---: | ---: |"]
     samples = [(p.name, load_document(p.name, p.read_bytes(), max_bytes=1 << 30).text)
                for p in files]
     data = DOCS.parent

@@ -422,20 +422,20 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+# The workload's numeric knobs: flag → default (its type is the option's type).
+NUMERIC_OPTIONS: dict[str, int | float] = {
+    "--requests": 4000, "--concurrency": 64,
+    "--soak-seconds": 0.0, "--sample-seconds": 5.0, "--warmup-fraction": 0.2,
+    "--latency": 0.3, "--chunk-delay": 0.01,  # the test upstream's first-token and chunk delays
+    "--repeat": 0.45, "--paraphrase": 0.20, "--stream": 0.30,  # request mix (fractions)
+    "--cache-mb": 8, "--seed": 7,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--soak-seconds", type=float, default=0.0)
-    parser.add_argument("--sample-seconds", type=float, default=5.0)
-    parser.add_argument("--warmup-fraction", type=float, default=0.2)
-    parser.add_argument("--latency", type=float, default=0.3)
-    parser.add_argument("--chunk-delay", type=float, default=0.01)
-    parser.add_argument("--repeat", type=float, default=0.45)
-    parser.add_argument("--paraphrase", type=float, default=0.20)
-    parser.add_argument("--stream", type=float, default=0.30)
-    parser.add_argument("--cache-mb", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=7)
+    for flag, default in NUMERIC_OPTIONS.items():
+        parser.add_argument(flag, type=type(default), default=default)
     parser.add_argument("--deployments", default="sqlite,redis")
     parser.add_argument("--no-semantic", dest="semantic", action="store_false",
                         help="exact tier only (paraphrases then miss)")

@@ -57,28 +57,29 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     return path, raw
 
 
+def _gateway(upstream: Any, embedder: Any, keys: Any, tmp: Path,
+             semantic: bool) -> Iterator[tuple[str, Any]]:
+    url, _ = upstream
+    path, _ = keys
+    with running_gateway(url, tmp, embedder=embedder if semantic else None,
+                         rag_embedder=embedder, api_keys_file=path) as (base, comp):
+        yield base, comp
+
+
 @pytest.fixture(scope="module")
 def gw(fake_upstream: Any, use_embedder: Any, keys: Any,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """Exact tier only: enough for keys, roles and documents."""
-    url, _ = fake_upstream
-    path, _ = keys
-    tmp = tmp_path_factory.mktemp("auth-gw")
-    with running_gateway(url, tmp, rag_embedder=use_embedder,
-                         api_keys_file=path) as (base, comp):
-        yield base, comp
+    yield from _gateway(fake_upstream, use_embedder, keys, tmp_path_factory.mktemp("auth-gw"),
+                        semantic=False)
 
 
 @pytest.fixture(scope="module")
 def gw_semantic(fake_upstream: Any, use_embedder: Any, keys: Any,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """Semantic tier on: a near-identical prompt of another tenant is a real candidate."""
-    url, _ = fake_upstream
-    path, _ = keys
-    tmp = tmp_path_factory.mktemp("auth-gw-sem")
-    with running_gateway(url, tmp, embedder=use_embedder, rag_embedder=use_embedder,
-                         api_keys_file=path) as (base, comp):
-        yield base, comp
+    yield from _gateway(fake_upstream, use_embedder, keys,
+                        tmp_path_factory.mktemp("auth-gw-sem"), semantic=True)
 
 
 def client(base: str, key: str | None = None, **headers: str) -> httpx.Client:

@@ -1,7 +1,8 @@
 """The embeddings role: ``reprise serve --role embeddings`` as a real process, called by the
 official OpenAI SDK, and used by a real gateway process through ``REPRISE_EMBEDDER=remote``.
 
-Everything runs over loopback; the model is the real USE embedder in both processes.
+Everything runs over loopback; the model is the real USE embedder in both processes, and the
+real E5 one where query and passage vectors must differ.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures_redis import GatewayProcess
 from reprise.api.auth import add_key
+from reprise.embed.base import Kind
+from reprise.embed.factory import make_embedder
+from reprise.embed.remote import RemoteEmbedder
 from reprise.testing.upstream import free_port
 
 
@@ -122,6 +126,7 @@ def test_float_and_base64_encodings_agree(service: Any) -> None:
     ({"input": ["ok", ""]}, 400),
     ({"input": "x", "encoding_format": "int8"}, 400),
     ({"input": "x", "dimensions": 4096}, 400),
+    ({"input": "x", "input_type": "question"}, 400),
     ({}, 400),
 ])
 def test_bad_requests_get_openai_errors(service: Any, body: dict[str, Any],
@@ -175,6 +180,42 @@ def test_gateway_uses_the_embeddings_service_for_its_semantic_tier(
         assert health["embedder"] == "remote"
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def e5_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddingsProcess]:
+    proc = EmbeddingsProcess(tmp_path_factory.mktemp("e5"), {"REPRISE_EMBEDDER": "e5"})
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+async def test_remote_client_gets_e5_query_and_passage_forms(
+        e5_service: EmbeddingsProcess) -> None:
+    """The gateway's remote client says which side it embeds; the service honours it."""
+    local = make_embedder("e5")
+    remote = make_embedder("remote", url=e5_service.url + "/v1", model="e5")
+    assert isinstance(remote, RemoteEmbedder) and remote.sends_input_type
+    texts = ["how tall is the eiffel tower", "a torre eiffel tem 330 metros de altura"]
+    kinds: tuple[Kind, ...] = ("query", "passage")
+    for kind in kinds:
+        got = await remote.embed(texts, kind)
+        assert np.allclose(got, local.embed_sync(texts, kind), atol=1e-5)
+        assert np.allclose(remote.embed_sync(texts, kind), got, atol=1e-6)
+    assert not np.allclose(await remote.embed(texts, "query"),
+                           await remote.embed(texts, "passage"), atol=1e-3)
+    # "document" is accepted as a synonym; no input_type stays the query form (OpenAI clients).
+    async with httpx.AsyncClient(base_url=e5_service.url, timeout=30) as c:
+        doc = await c.post("/v1/embeddings", json={"input": texts, "input_type": "document"})
+        plain = await c.post("/v1/embeddings", json={"input": texts})
+    assert np.allclose(doc.json()["data"][1]["embedding"],
+                       local.embed_sync(texts, "passage")[1], atol=1e-5)
+    assert np.allclose(plain.json()["data"][1]["embedding"],
+                       local.embed_sync(texts, "query")[1], atol=1e-5)
+    # A server that is not Reprise's gets the plain OpenAI body unless told otherwise.
+    other = make_embedder("remote", url=e5_service.url + "/v1", model="text-embedding-3-small")
+    assert isinstance(other, RemoteEmbedder) and not other.sends_input_type
 
 
 def test_embeddings_role_needs_a_local_model(tmp_path: Path) -> None:

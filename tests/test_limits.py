@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,22 +211,34 @@ def _wait_port(port: int, timeout: float = 120.0) -> None:
     raise TimeoutError(port)
 
 
+@contextlib.contextmanager
+def gateway_process(upstream_url: str, tmp: Path,
+                    grace_seconds: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``reprise serve`` as a real process (these tests signal it); killed if still alive."""
+    port = free_port()
+    env = {**os.environ, "REPRISE_UPSTREAM_URL": upstream_url,
+           "REPRISE_UPSTREAM_MODEL": "fake-model", "REPRISE_DATA_DIR": str(tmp),
+           "REPRISE_SEMANTIC_ENABLED": "false", "REPRISE_RAG_EMBEDDER": "use",
+           "REPRISE_GRACEFUL_SHUTDOWN_SECONDS": str(grace_seconds),
+           "REPRISE_LOG_LEVEL": "warning"}
+    with open(tmp / "gw.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "reprise.cli", "serve", "--host",
+                                 "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            _wait_port(port)
+            yield proc, f"http://127.0.0.1:{port}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_graceful_shutdown_finishes_streams_in_flight(fake_upstream: Any,
                                                       tmp_path: Path) -> None:
     """SIGTERM mid-stream: the stream still ends with [DONE], then the process exits."""
     url, _ = fake_upstream
-    port = free_port()
-    env = {**os.environ, "REPRISE_UPSTREAM_URL": url, "REPRISE_UPSTREAM_MODEL": "fake-model",
-           "REPRISE_DATA_DIR": str(tmp_path), "REPRISE_SEMANTIC_ENABLED": "false",
-           "REPRISE_RAG_EMBEDDER": "use", "REPRISE_GRACEFUL_SHUTDOWN_SECONDS": "20",
-           "REPRISE_LOG_LEVEL": "warning"}
-    log = open(tmp_path / "gw.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "reprise.cli", "serve", "--host",
-                             "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        _wait_port(port)
-        base = f"http://127.0.0.1:{port}"
+    with gateway_process(url, tmp_path, grace_seconds=20) as (proc, base):
         httpx.get(base + "/healthz", timeout=30).raise_for_status()
         got: dict[str, Any] = {}
         first_chunk = threading.Event()
@@ -253,30 +266,16 @@ def test_graceful_shutdown_finishes_streams_in_flight(fake_upstream: Any,
         assert "one two three four five six" in stream_text(events)
         # uvicorn re-raises the signal once it has drained: a clean "killed by SIGTERM".
         assert proc.wait(30) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_shutdown_does_not_wait_past_the_grace_period(fake_upstream: Any,
                                                       tmp_path: Path) -> None:
     url, _ = fake_upstream
-    port = free_port()
-    env = {**os.environ, "REPRISE_UPSTREAM_URL": url, "REPRISE_UPSTREAM_MODEL": "fake-model",
-           "REPRISE_DATA_DIR": str(tmp_path), "REPRISE_SEMANTIC_ENABLED": "false",
-           "REPRISE_RAG_EMBEDDER": "use", "REPRISE_GRACEFUL_SHUTDOWN_SECONDS": "1",
-           "REPRISE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "reprise.cli", "serve", "--host",
-                             "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
+    with gateway_process(url, tmp_path, grace_seconds=1) as (proc, base):
 
         def stuck() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                httpx.post(base + "/v1/chat/completions", timeout=60,
                            json={"model": "fake-model",
                                  "messages": [{"role": "user", "content": "stuck [hang]"}]})
 
@@ -288,7 +287,3 @@ def test_shutdown_does_not_wait_past_the_grace_period(fake_upstream: Any,
         proc.wait(30)
         waited = time.monotonic() - t0
         assert proc.poll() is not None and waited < 15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

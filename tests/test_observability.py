@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fixtures_redis import GatewayProcess
 from reprise.api.auth import add_key
 from reprise.observability.logs import JsonFormatter, RedactSecrets, redact
+from reprise.rag.tokens import count_tokens
 from reprise.store.redis import RedisStore
-from reprise.testing.upstream import free_port
+from reprise.testing.upstream import FakeUpstreamState, free_port, start_fake_upstream
 from tests_support.gateway import running_gateway, sse_events
 
 
@@ -114,6 +115,68 @@ def test_metrics_by_route_status_tier_and_savings(gw: Any) -> None:
     assert delta("reprise_tokens_saved_total", kind="prompt") > 0
     assert delta("reprise_tokens_saved_total", kind="completion") > 0
     assert delta("reprise_cost_saved_total") > 0
+    # The model reported its usage: nothing saved was estimated by the gateway.
+    assert delta("reprise_tokens_saved_estimated_total", kind="prompt") == 0
+
+
+@pytest.fixture(scope="module")
+def no_stream_usage() -> Any:
+    """A model server that, like llama.cpp's, sends no usage when streaming."""
+    server, state = start_fake_upstream(FakeUpstreamState(stream_usage=False))
+    try:
+        yield server.url + "/v1", state
+    finally:
+        server.stop()
+
+
+def test_streamed_miss_without_usage_is_counted_by_the_gateway(
+        no_stream_usage: Any, tmp_path: Path) -> None:
+    url, state = no_stream_usage
+    q = f"How long does shipping to Porto take, order {uuid.uuid4().hex[:6]}?"
+    with running_gateway(url, tmp_path, price_prompt_per_mtok=1000.0,
+                         price_completion_per_mtok=2000.0) as (base, _), \
+            httpx.Client(base_url=base, timeout=30) as c:
+        before = settled(c)
+        miss = sse_events(ask(c, q, stream=True,
+                              stream_options={"include_usage": True}).text)
+        assert state.requests[-1]["stream_options"] == {"include_usage": True}  # asked...
+        answer = "".join(ch["delta"].get("content") or "" for e in miss[:-1]
+                         for ch in e["choices"])
+        usage_events = [e for e in miss if isinstance(e, dict) and e.get("usage")]
+        assert len(usage_events) == 1 and usage_events[0]["choices"] == []  # ...got none
+        prompt = 3 + 3 + count_tokens(q)  # reply priming + one message's framing + its text
+        completion = count_tokens(answer)
+        assert usage_events[0]["usage"] == {
+            "prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "estimated": True}
+        assert miss[-1] == "[DONE]" and miss[-2] is usage_events[0]
+        # A client that did not ask for usage does not get the gateway's either.
+        other = sse_events(ask(c, q + " (again)", stream=True).text)
+        assert not [e for e in other if isinstance(e, dict) and e.get("usage")]
+        # Hits on the stored answer report what they saved, marked as estimated.
+        hit = ask(c, q)
+        assert hit.headers["x-reprise-cache"] == "exact"
+        usage = hit.json()["usage"]
+        assert usage["estimated"] is True and usage["completion_tokens"] == completion
+        assert usage["prompt_tokens_details"]["cached_tokens"] == prompt
+        replay = sse_events(ask(c, q, stream=True, stream_options={"include_usage": True}).text)
+        assert [e["usage"]["estimated"] for e in replay if isinstance(e, dict)
+                and e.get("usage")] == [True]
+        m = settled(c)
+        events = c.get("/admin/events").json()["data"]
+
+    def delta(name: str, **labels: str) -> float:
+        return value(m, name, **labels) - value(before, name, **labels)
+
+    for kind, n in (("prompt", prompt), ("completion", completion)):
+        assert delta("reprise_tokens_saved_total", kind=kind) == 2 * n
+        assert delta("reprise_tokens_saved_estimated_total", kind=kind) == 2 * n
+    assert delta("reprise_cost_saved_total") == pytest.approx(
+        2 * (prompt * 1000.0 + completion * 2000.0) / 1e6)
+    hits = [e for e in events if e["tier"] == "exact"]
+    assert [(e["saved_tokens"], e["tokens_estimated"]) for e in hits] == [
+        (prompt + completion, True)] * 2
+    assert all(not e["tokens_estimated"] for e in events if e["tier"] == "miss")
 
 
 def test_store_errors_are_counted_and_fail_open(fake_upstream: Any, tmp_path: Path) -> None:

@@ -128,6 +128,29 @@ def test_chat_miss_then_exact_hit_then_bypass(gateway: Any) -> None:
     assert len(badges(at)) == 3
 
 
+def test_hit_on_an_answer_without_model_usage_shows_the_gateway_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp sends no usage when streaming: the gateway counts, the badge says so."""
+    from reprise.testing.upstream import FakeUpstreamState, start_fake_upstream
+
+    server, _ = start_fake_upstream(FakeUpstreamState(stream_usage=False))
+    try:
+        with running_gateway(server.url + "/v1", tmp_path, store="memory") as (base, _):
+            monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+            at = app()
+            ask(at, "Quanto tempo demora a entrega no Porto?")
+            assert "~" in badges(at)[0] and "(estimated)" in badges(at)[0]
+            ask(at, "Quanto tempo demora a entrega no Porto?")
+            hit = next(e for e in httpx.get(base + "/admin/events?all=true").json()["data"]
+                       if e["tier"] == "exact")
+    finally:
+        server.stop()
+    assert "exact hit" in badges(at)[1]
+    saved = re.search(r"\*\*~(\d+) tokens \(estimated\)\*\* saved", badges(at)[1])
+    assert saved and hit["tokens_estimated"]
+    assert int(saved.group(1)) == hit["saved_tokens"] > 0  # the gateway's count, not chars/4
+
+
 def test_chat_semantic_hit_shows_similarity_and_matched_question(gateway: Any) -> None:
     """The paraphrase pair the semantic tier's own tests promise to serve from the cache."""
     at = app()

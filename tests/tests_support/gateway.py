@@ -17,7 +17,8 @@ from reprise.testing.upstream import ServerThread
 
 @contextmanager
 def running_gateway(upstream_url: str, tmp: Path, *, embedder: Any = None,
-                    store_obj: Any = None, rag_embedder: Any = None, **overrides: Any) -> Iterator[tuple[str, Any]]:
+                    store_obj: Any = None, rag_embedder: Any = None,
+                    **overrides: Any) -> Iterator[tuple[str, Any]]:
     """Yields (base_url, components). Semantic tier is on only when an embedder is given."""
     values: dict[str, Any] = {"upstream_model": "fake-model",
                               "semantic_enabled": embedder is not None, **overrides}

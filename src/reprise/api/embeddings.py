@@ -3,8 +3,9 @@
 The gateway serves it with its cache embedder; ``reprise serve --role embeddings`` serves it
 alone (``embeddings_app``), so a fleet of gateways can point ``REPRISE_EMBEDDER=remote`` at
 one process holding the model. Vectors are unit-norm; ``encoding_format: base64`` packs
-little-endian float32, as OpenAI does; ``input_type: passage|document`` (an extension)
-asks asymmetric models such as E5 for the passage form.
+little-endian float32, as OpenAI does; ``input_type: query|passage|document`` (a Reprise
+extension, default ``query``) asks asymmetric models such as E5 for the query or passage
+form; ``RemoteEmbedder`` sends it to this service (see ``reprise.embed.remote``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from reprise.api.errors import APIError
 from reprise.api.limits import enforce
 from reprise.api.schemas import EmbeddingsRequest, parse_model
 from reprise.config import Settings
-from reprise.embed.base import Embedder, EmbedderError
+from reprise.embed.base import Embedder, EmbedderError, Kind
 
 router = APIRouter()
 
@@ -68,9 +69,9 @@ async def embeddings(request: Request) -> Response:
                        code="invalid_value")
     tokens = sum(max(1, len(t) // 4) for t in texts)
     await enforce(request, tokens)
-    kind = "passage" if (body.get("input_type") or "") in ("passage", "document") else "query"
+    kind: Kind = "passage" if req.input_type in ("passage", "document") else "query"
     try:
-        vectors = await embedder.embed(texts, kind)  # type: ignore[arg-type]
+        vectors = await embedder.embed(texts, kind)
     except EmbedderError as exc:
         raise APIError(503, f"the embedder failed: {exc}", code="embedder_error") from exc
     if req.dimensions is not None:

@@ -53,6 +53,9 @@ class EmbeddingsRequest(BaseModel):
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    # Reprise extension for asymmetric models (E5): which side of a search the texts are.
+    # Validated so a typo is a 400, not silently query vectors.
+    input_type: Literal["query", "passage", "document"] | None = None
 
 
 M = TypeVar("M", bound=BaseModel)

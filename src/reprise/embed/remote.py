@@ -3,6 +3,13 @@
 Lets a deployment move embedding off the gateway's CPU (a GPU box running vLLM, TEI,
 llama.cpp or Ollama with e.g. bge-m3). The vector size is whatever the model returns, so it
 is taken from the first answer unless the operator states it.
+
+Asymmetric models (E5) embed questions and passages differently. OpenAI's API has no field
+for that and rejects unknown ones, so the client sends Reprise's ``input_type`` extension
+(``query``/``passage``) only to a Reprise embeddings service (``reprise serve --role
+embeddings``), recognised by the model names that service answers to (``use``, ``e5``), or
+when told to (``input_type=True``). Other servers get the plain OpenAI body; for them the
+``query_prefix``/``passage_prefix`` texts (e.g. ``"query: "``) do the same job.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from reprise.embed.base import EmbedderError, Kind
 from reprise.embed.use import normalize_rows
 
 Flavor = Literal["openai", "ollama"]
+
+# The names `reprise serve --role embeddings` serves its local models under (Embedder.name).
+REPRISE_MODELS = frozenset({"use", "e5"})
 
 
 class RemoteEmbedder:
@@ -35,6 +45,7 @@ class RemoteEmbedder:
         timeout: float = 30.0,
         query_prefix: str = "",
         passage_prefix: str = "",
+        input_type: bool | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if flavor not in ("openai", "ollama"):
@@ -50,6 +61,9 @@ class RemoteEmbedder:
         self._batch = batch_size
         self._timeout = timeout
         self._prefix = {"query": query_prefix, "passage": passage_prefix}
+        if input_type is None:  # auto: only a Reprise embeddings service understands it
+            input_type = flavor == "openai" and model in REPRISE_MODELS
+        self.sends_input_type = input_type
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._transport = transport
 
@@ -58,8 +72,11 @@ class RemoteEmbedder:
     def _endpoint(self) -> str:
         return f"{self.url}/embeddings" if self.flavor == "openai" else f"{self.url}/api/embed"
 
-    def _body(self, texts: list[str]) -> dict[str, Any]:
-        return {"model": self.model, "input": texts}
+    def _body(self, texts: list[str], kind: Kind) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "input": texts}
+        if self.sends_input_type:
+            body["input_type"] = kind
+        return body
 
     def _parse(self, payload: Any, expected: int) -> list[list[float]]:
         try:
@@ -107,7 +124,7 @@ class RemoteEmbedder:
         try:
             with httpx.Client(timeout=self._timeout, headers=self._headers) as client:
                 for batch in self._batches(texts, kind):
-                    resp = client.post(self._endpoint, json=self._body(batch))
+                    resp = client.post(self._endpoint, json=self._body(batch, kind))
                     resp.raise_for_status()
                     rows.extend(self._parse(resp.json(), len(batch)))
         except httpx.HTTPError as exc:
@@ -126,7 +143,7 @@ class RemoteEmbedder:
                 timeout=self._timeout, headers=self._headers, transport=self._transport
             ) as client:
                 for batch in self._batches(texts, kind):
-                    resp = await client.post(self._endpoint, json=self._body(batch))
+                    resp = await client.post(self._endpoint, json=self._body(batch, kind))
                     resp.raise_for_status()
                     rows.extend(self._parse(resp.json(), len(batch)))
         except httpx.HTTPError as exc:

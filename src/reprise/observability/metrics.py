@@ -28,6 +28,7 @@ class RequestEvent:
     saved_tokens: int
     saved_cost: float
     similarity: float | None = None
+    tokens_estimated: bool = False  # saved_tokens counted by the gateway (no model usage)
 
 
 class Metrics:
@@ -48,6 +49,11 @@ class Metrics:
                                           registry=self.registry)
         self.tokens_saved = Counter("reprise_tokens_saved_total", "Tokens served from cache",
                                     ["kind"], registry=self.registry)
+        self.tokens_saved_estimated = Counter(
+            "reprise_tokens_saved_estimated_total",
+            "The part of reprise_tokens_saved_total the gateway counted itself because the "
+            "model reported no usage (llama.cpp when streaming)", ["kind"],
+            registry=self.registry)
         self.cost_saved = Counter("reprise_cost_saved_total",
                                   "Estimated upstream cost saved by hits (currency units)",
                                   registry=self.registry)
@@ -80,7 +86,7 @@ class Metrics:
 
     def chat(self, *, tier: str, latency_s: float, stream: bool, status: int, namespace: str,
              saved_prompt: int = 0, saved_completion: int = 0,
-             similarity: float | None = None) -> None:
+             similarity: float | None = None, tokens_estimated: bool = False) -> None:
         hit = tier in ("exact", "semantic")
         self.cache.labels(tier).inc()
         self.latency.labels("hit" if hit else "miss").observe(latency_s)
@@ -89,10 +95,13 @@ class Metrics:
             cost = self.saved_cost(saved_prompt, saved_completion)
             self.tokens_saved.labels("prompt").inc(saved_prompt)
             self.tokens_saved.labels("completion").inc(saved_completion)
+            if tokens_estimated:
+                self.tokens_saved_estimated.labels("prompt").inc(saved_prompt)
+                self.tokens_saved_estimated.labels("completion").inc(saved_completion)
             self.cost_saved.inc(cost)
         self.events.append(RequestEvent(time.time(), tier, latency_s * 1000, stream, status,
                                         namespace, saved_prompt + saved_completion if hit else 0,
-                                        cost, similarity))
+                                        cost, similarity, hit and tokens_estimated))
 
     def recent(self, since: float = 0.0, namespace: str | None = None) -> list[dict[str, Any]]:
         return [asdict(e) for e in self.events

@@ -20,7 +20,6 @@ Changes to a collection's documents run in one ``MULTI`` with the version bump.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from redis.exceptions import RedisError
 
 from reprise.rag.catalog import Catalog, Collection, DocumentRecord, Job
 from reprise.rag.chunk_index import IndexUnavailable
+from reprise.store.redis_conn import LoopClient
 
 T = TypeVar("T")
 
@@ -54,21 +54,12 @@ class RedisCatalog:
         self.prefix = f"{prefix}:cat"
         self.job_ttl = job_ttl
         self.socket_timeout = socket_timeout
-        self._client: Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _redis(self) -> Redis:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            options: dict[str, Any] = {"socket_timeout": self.socket_timeout,
-                                       "socket_connect_timeout": 2.0}
-            self._client = Redis.from_url(self.url, **options)
-            self._loop = loop
-        return self._client
+        self._conn = LoopClient(url, {"socket_timeout": socket_timeout,
+                                      "socket_connect_timeout": 2.0})
 
     async def _run(self, op: Callable[[Redis], Awaitable[T]]) -> T:
         try:
-            return await op(self._redis())
+            return await op(self._conn.get())
         except (RedisError, OSError) as exc:
             raise IndexUnavailable(f"document catalog on Redis is unavailable: {exc}") from exc
 
@@ -183,10 +174,4 @@ class RedisCatalog:
         return None if raw is None else orjson.loads(raw)
 
     async def aclose(self) -> None:
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            aclose = getattr(client, "aclose", None) or client.close
-            try:
-                await aclose()
-            except (RedisError, OSError, RuntimeError):
-                pass  # a loop already closed: its connections are gone with it
+        await self._conn.aclose()

@@ -33,6 +33,7 @@ from reprise.rag.bm25 import Bm25Cache, Bm25Index
 from reprise.rag.chunk_index import IndexUnavailable, StoredChunk, chunk_id, chunk_terms
 from reprise.rag.documents import Chunk
 from reprise.rag.errors import RagError
+from reprise.store.redis_conn import LoopClient
 
 T = TypeVar("T")
 _FETCH = ("doc", "ord", "page", "text", "vec")
@@ -65,20 +66,14 @@ class RedisChunkIndex:
         self.socket_timeout = socket_timeout
         self.index_name = f"{prefix}:idx"
         self.bm25 = Bm25Cache(bm25_collections)
-        self._client: Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn = LoopClient(url, {"protocol": 3, "socket_timeout": socket_timeout,
+                                      "socket_connect_timeout": 2.0})
         self._index_ready = False
 
     # -- plumbing -----------------------------------------------------------------------------
     def _redis(self) -> Redis:
         """A client for the running loop (asyncio connections are bound to their loop)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            options: dict[str, Any] = {"protocol": 3, "socket_timeout": self.socket_timeout,
-                                       "socket_connect_timeout": 2.0}
-            self._client = Redis.from_url(self.url, **options)
-            self._loop = loop
-        return self._client
+        return self._conn.get()
 
     async def _run(self, op: Callable[[Redis], Awaitable[T]]) -> T:
         try:
@@ -293,10 +288,4 @@ class RedisChunkIndex:
         await self._run(op)
 
     async def aclose(self) -> None:
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            aclose = getattr(client, "aclose", None) or client.close  # redis-py 5 renamed it
-            try:
-                await aclose()
-            except (RedisError, OSError, RuntimeError):
-                pass  # a loop already closed: its connections are gone with it
+        await self._conn.aclose()

@@ -15,7 +15,15 @@ from typing import Any
 from reprise.cache.keys import RequestKeys, request_keys
 from reprise.cache.service import CachePolicy, CacheService, LookupResult, Tier
 from reprise.cache.single_flight import Flight, SingleFlight
-from reprise.serving.format import assemble, cached_usage, is_complete, new_id, replay_chunks
+from reprise.serving.format import (
+    assemble,
+    cached_usage,
+    estimate_usage,
+    has_usage,
+    is_complete,
+    new_id,
+    replay_chunks,
+)
 from reprise.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,7 @@ class ChatOutcome:
     chunks: AsyncIterator[dict[str, Any]] | None = None  # streaming answer
     saved_prompt_tokens: int = 0
     saved_completion_tokens: int = 0
+    tokens_estimated: bool = False  # the saved counts are the gateway's, not the model's
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -67,6 +76,24 @@ def _direct_completion(text: str, model: str) -> dict[str, Any]:
             "model": model, "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                                          "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+def _fill_usage(sent: dict[str, Any], completion: dict[str, Any]) -> bool:
+    """Count the tokens ourselves when the model reported none; True if it had to.
+
+    The counts are stored with the answer, so hits on it report tokens and cost saved
+    (marked ``estimated``) instead of zero.
+    """
+    if has_usage(completion) or not completion.get("choices"):
+        return False
+    completion["usage"] = estimate_usage(sent, completion)
+    return True
+
+
+def _usage_chunk(completion: dict[str, Any]) -> dict[str, Any]:
+    return {"id": completion["id"], "object": "chat.completion.chunk",
+            "created": completion["created"], "model": completion["model"], "choices": [],
+            "usage": completion["usage"]}
 
 
 async def _aiter(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -101,6 +128,7 @@ class ChatService:
             res.entry.question if res.entry else None,
             saved_prompt_tokens=res.entry.prompt_tokens if res.entry else 0,
             saved_completion_tokens=res.entry.completion_tokens if res.entry else 0,
+            tokens_estimated=bool((stored.get("usage") or {}).get("estimated")),
             timings=res.timings,
         )
         completion["reprise"] = outcome.metadata()
@@ -138,10 +166,14 @@ class ChatService:
                         flight.push({**chunk, **prepared.attach} if first else chunk)
                         first = False
                     completion = {**assemble(flight.chunks), **prepared.attach}
+                    if _fill_usage(prepared.body, completion):
+                        # Followers that asked for usage get it last, as from the model.
+                        flight.push(_usage_chunk(completion))
                 else:
                     self.upstream_calls += 1
                     completion = {**await self.upstream.complete(prepared.body),
                                   **prepared.attach}
+                    _fill_usage(prepared.body, completion)
                 if is_complete(completion):
                     await self.cache.save(keys, policy, completion, model=model, vector=res.vector)
                 else:

@@ -13,6 +13,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from reprise.cache.keys import content_text
+from reprise.rag.tokens import count_tokens
+
 _PIECE = re.compile(r"\S+\s*|\s+")
 
 
@@ -91,6 +94,45 @@ def is_complete(completion: dict[str, Any]) -> bool:
         if not msg.get("content") and not msg.get("tool_calls"):
             return False
     return True
+
+
+# What a chat template adds around each message (role markers, separators) and before the
+# reply: OpenAI's own counting recipe charges 3 and 3; open models' templates are similar.
+MESSAGE_OVERHEAD_TOKENS = 3
+REPLY_OVERHEAD_TOKENS = 3
+
+
+def has_usage(completion: dict[str, Any]) -> bool:
+    """Whether the model reported token counts (llama.cpp's server does not when streaming)."""
+    usage = completion.get("usage") or {}
+    return bool(usage.get("prompt_tokens") or usage.get("completion_tokens"))
+
+
+def estimate_usage(body: dict[str, Any], completion: dict[str, Any]) -> dict[str, Any]:
+    """Token usage counted by the gateway when the model reported none, marked ``estimated``.
+
+    Without it a streamed miss from llama.cpp is stored with 0 tokens and every later hit on
+    it reports nothing saved. The counts use the project's tokenizer-free estimate
+    (``rag.tokens.count_tokens``) over what was actually sent upstream (RAG context
+    included) and what came back (text, reasoning, tool calls); non-text parts count 0.
+    """
+    prompt = REPLY_OVERHEAD_TOKENS
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict):
+            continue
+        prompt += MESSAGE_OVERHEAD_TOKENS + count_tokens(content_text(msg.get("content")) or "")
+        for call in msg.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            prompt += count_tokens(f"{fn.get('name', '')} {fn.get('arguments', '')}")
+    answer = 0
+    for ch in completion.get("choices") or []:
+        msg = ch.get("message") or {}
+        parts = [msg.get("content"), msg.get("reasoning_content"), msg.get("refusal")]
+        parts += [f"{c['function']['name']} {c['function']['arguments']}"
+                  for c in msg.get("tool_calls") or []]
+        answer += sum(count_tokens(p) for p in parts if isinstance(p, str))
+    return {"prompt_tokens": prompt, "completion_tokens": answer,
+            "total_tokens": prompt + answer, "estimated": True}
 
 
 def cached_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:

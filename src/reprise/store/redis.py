@@ -47,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from reprise.store.base import CacheEntry, DimensionMismatch, SearchHit, StoreError, StoreStats
+from reprise.store.redis_conn import LoopClient
 
 T = TypeVar("T")
 
@@ -199,9 +200,14 @@ class RedisStore:
         self._lru, self._exp = f"{prefix}:lru", f"{prefix}:exp"
         self._size, self._bytes = f"{prefix}:size", f"{prefix}:bytes"
         self._parts = f"{prefix}:parts"
-        self._client: Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
+        self._conn = LoopClient(url, {
+            "protocol": 3,  # map replies for FT.* commands
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            # Fail fast: the cache fails open, so waiting on a dead server only adds latency.
+            "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+        }, on_new=self._register_scripts)
         self._index_ready = False
         self._tokens: dict[str, str] = {}
         self._errors = 0
@@ -209,26 +215,15 @@ class RedisStore:
 
     # -- plumbing ----------------------------------------------------------------------------
     def _redis(self) -> Redis:
-        """The client for the running event loop (asyncio connections are loop-bound, and
-        callers such as tests or CLI commands may use the store from successive loops)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            # A plain dict: the installed redis stubs predate ``protocol``.
-            options: dict[str, Any] = {
-                "protocol": 3,  # map replies for FT.* commands
-                "socket_timeout": self.socket_timeout,
-                "socket_connect_timeout": self.connect_timeout,
-                # Fail fast: the cache fails open, so waiting on a dead server only adds latency.
-                "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-            }
-            self._client = Redis.from_url(self.url, **options)
-            self._loop = loop
-            self._scripts = {
-                name: self._client.register_script(src)
-                for name, src in (("put", _PUT), ("delete", _DELETE), ("hit", _HIT),
-                                  ("unlock", _UNLOCK))
-            }
-        return self._client
+        """The client for the running event loop (see ``redis_conn``)."""
+        return self._conn.get()
+
+    def _register_scripts(self, client: Redis) -> None:
+        self._scripts = {
+            name: client.register_script(src)
+            for name, src in (("put", _PUT), ("delete", _DELETE), ("hit", _HIT),
+                              ("unlock", _UNLOCK))
+        }
 
     async def _run(self, op: Callable[[Redis], Awaitable[T]], *, indexed: bool = False) -> T:
         """Run ``op``; map Redis failures to StoreError; recreate a vanished index once."""
@@ -565,13 +560,7 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            aclose = getattr(client, "aclose", None) or client.close  # redis-py 5 renamed it
-            try:
-                await aclose()
-            except (RedisError, OSError, RuntimeError):
-                pass  # closing a client of a finished event loop: nothing left to release
+        await self._conn.aclose()
 
 
 def _info_get(info: Any, name: str) -> Any:

@@ -44,6 +44,8 @@ class FakeUpstreamState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     models: list[str] = field(default_factory=lambda: ["fake-model", "other-model"])
     usage_details: bool = True  # include prompt_tokens_details / DeepSeek fields
+    # False: like llama.cpp's server, never send usage on a stream, even when asked for it.
+    stream_usage: bool = True
 
 
 def _last_user(body: dict[str, Any]) -> str:
@@ -84,8 +86,10 @@ def build_app(state: FakeUpstreamState) -> Starlette:
         answer = "" if ("[empty]" in q or tools) else f"Answer #{n} to: {q}"
         usage = _usage(state, q, answer)
         cid, created = f"chatcmpl-fake{n}", int(time.time())
-        tool_calls: list[dict[str, Any]] | None = [{"id": f"call_{n}", "type": "function", "function": {
-            "name": "get_weather", "arguments": '{"city": "Lisboa"}'}}] if tools else None
+        tool_calls: list[dict[str, Any]] | None = [{
+            "id": f"call_{n}", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Lisboa"}'},
+        }] if tools else None
         finish = "tool_calls" if tools else "stop"
         if not body.get("stream"):
             await asyncio.sleep(delay)
@@ -97,7 +101,8 @@ def build_app(state: FakeUpstreamState) -> Starlette:
                 "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
                 "usage": usage}), media_type="application/json")
 
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = state.stream_usage and bool(
+            (body.get("stream_options") or {}).get("include_usage"))
         words = re.findall(r"\S+\s*", answer)
         step = max(1, state.chunk_words)
         drip = float(m.group(1)) if (m := _DRIP.search(q)) else state.chunk_delay

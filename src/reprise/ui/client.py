@@ -62,16 +62,21 @@ class ChatResult:
         return self.tier in HIT_TIERS
 
     @property
+    def _counted(self) -> bool:
+        return bool(self.usage and (self.usage.get("prompt_tokens")
+                                    or self.usage.get("completion_tokens")))
+
+    @property
     def tokens_estimated(self) -> bool:
         """True when the model reported no usage (llama.cpp's server does not when
-        streaming), so ``tokens`` is estimated from the text."""
-        return not (self.usage and (self.usage.get("prompt_tokens")
-                                    or self.usage.get("completion_tokens")))
+        streaming): the gateway's own count (usage marked ``estimated``) or, from an older
+        gateway with no usage at all, an estimate from the text."""
+        return not self._counted or bool((self.usage or {}).get("estimated"))
 
     @property
     def tokens(self) -> int:
         """Prompt + completion tokens of the answer (what a hit did not pay for)."""
-        if self.tokens_estimated:
+        if not self._counted:
             # About four characters per token in English; an estimate, and labelled so.
             return round((len(self.question) + len(self.text)) / 4) if self.text else 0
         assert self.usage is not None

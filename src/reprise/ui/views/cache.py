@@ -10,8 +10,8 @@ from typing import Any
 
 import streamlit as st
 
-from reprise.ui import context, flash
-from reprise.ui.client import GatewayError, GatewayUnavailable
+from reprise.ui import context, flash, page
+from reprise.ui.client import GatewayError
 from reprise.ui.format import seconds
 from reprise.ui.messages import explain
 
@@ -78,17 +78,14 @@ def _delete_one(ctx: context.UIContext, namespace: str, entries: list[dict[str, 
 
 
 def _clear(ctx: context.UIContext, namespace: str, count: int) -> None:
-    with st.expander(f"Clear the namespace “{namespace}”"):
-        sure = st.checkbox(f"Yes, delete all {count} entries of “{namespace}”",
-                           key="cache_confirm_clear")
-        if st.button("Clear namespace", type="primary", disabled=not sure, key="cache_clear"):
-            try:
-                n = ctx.client.clear_namespace(namespace)
-                flash.flash("success", f"Cleared {n} entries from “{namespace}”.")
-            except GatewayError as exc:
-                flash.flash("error", f"Could not clear it: {explain(exc)}")
-            st.session_state.pop("cache_confirm_clear", None)
-            st.rerun()
+    def clear() -> str:
+        return f"Cleared {ctx.client.clear_namespace(namespace)} entries from “{namespace}”."
+
+    page.confirmed_action(
+        title=f"Clear the namespace “{namespace}”",
+        confirm=f"Yes, delete all {count} entries of “{namespace}”",
+        button="Clear namespace", confirm_key="cache_confirm_clear", button_key="cache_clear",
+        action=clear, failure="Could not clear it")
 
 
 def _page(ctx: context.UIContext) -> None:
@@ -117,13 +114,7 @@ def _page(ctx: context.UIContext) -> None:
 
 
 def render() -> None:
-    ctx = context.current()
-    st.title("Cache")
-    flash.show()
-    try:
-        _page(ctx)
-    except (GatewayUnavailable, GatewayError) as exc:
-        st.error(explain(exc), icon=":material/error:")
+    page.render("Cache", _page)
 
 
 if __name__ == "__main__":  # run as a page script by st.navigation

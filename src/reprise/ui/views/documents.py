@@ -13,8 +13,8 @@ from typing import Any
 
 import streamlit as st
 
-from reprise.ui import context, flash
-from reprise.ui.client import TERMINAL_JOB_STATES, GatewayError, GatewayUnavailable
+from reprise.ui import context, flash, page
+from reprise.ui.client import TERMINAL_JOB_STATES, GatewayError
 from reprise.ui.messages import explain
 
 COLLECTION_KEY = "docs_collection"
@@ -156,18 +156,15 @@ def _documents(ctx: context.UIContext, collection: str) -> None:
 
 
 def _danger_zone(ctx: context.UIContext, collection: str) -> None:
-    with st.expander("Delete this collection"):
-        sure = st.checkbox(f"Yes, delete “{collection}” and all its documents",
-                           key="docs_confirm_drop")
-        if st.button("Delete collection", disabled=not sure, type="primary",
-                     key="docs_drop"):
-            try:
-                ctx.client.delete_collection(collection)
-                flash.flash("success", f"Collection “{collection}” deleted.")
-            except GatewayError as exc:
-                flash.flash("error", f"Could not delete “{collection}”: {explain(exc)}")
-            st.session_state.pop(COLLECTION_KEY, None)
-            st.rerun()
+    def drop() -> str:
+        ctx.client.delete_collection(collection)
+        return f"Collection “{collection}” deleted."
+
+    page.confirmed_action(
+        title="Delete this collection",
+        confirm=f"Yes, delete “{collection}” and all its documents",
+        button="Delete collection", confirm_key="docs_confirm_drop", button_key="docs_drop",
+        action=drop, failure=f"Could not delete “{collection}”", forget=[COLLECTION_KEY])
 
 
 def _page(ctx: context.UIContext) -> None:
@@ -212,13 +209,7 @@ def _page(ctx: context.UIContext) -> None:
 
 
 def render() -> None:
-    ctx = context.current()
-    st.title("Documents")
-    flash.show()
-    try:
-        _page(ctx)
-    except (GatewayUnavailable, GatewayError) as exc:
-        st.error(explain(exc), icon=":material/error:")
+    page.render("Documents", _page)
 
 
 if __name__ == "__main__":  # run as a page script by st.navigation
