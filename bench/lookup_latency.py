@@ -299,8 +299,11 @@ def semantic_lookup(store: Any) -> Any:
     from reprise.components import build_semantic
     from reprise.config import Settings
 
-    try:  # the gateway's own wiring; the embedder is not used (vectors are given)
-        return build_semantic(Settings(), store, None)  # type: ignore[arg-type]
+    # The gateway's own wiring; no embedder runs (vectors are given), including the
+    # verifier's e5 pass, which the gateway overlaps with the USE pass (see --gateway).
+    try:
+        return build_semantic(Settings(semantic_verifier_e5=False), store,
+                              None)  # type: ignore[arg-type]
     except (OSError, ValueError) as exc:
         print(f"  verifier unavailable, lookup column skipped: {exc}", file=sys.stderr)
         return None
