@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import random
@@ -83,6 +84,7 @@ class Sample:
     stream: bool
     ms: float
     status: int
+    phases: dict[str, float] = field(default_factory=dict)  # the gateway's Server-Timing
 
 
 @dataclass
@@ -180,7 +182,8 @@ async def drive(targets: list[tuple[str, int]], next_job: Callable[[], tuple[str
                     # lookup and its vector search is a correct (if late) hit, not a suspect.
                     if matched != question:
                         stats.suspect.append((question, matched))
-                stats.samples.append(Sample(kind, tier, stream, ms, status))
+                stats.samples.append(Sample(kind, tier, stream, ms, status,
+                                            server_timing(headers.get("server-timing", ""))))
         finally:
             writer.close()
 
@@ -253,16 +256,38 @@ def start_gateways(stack: ExitStack, count: int, env: dict[str, str],
 
 
 # ------------------------------------------------------------------------------ reporting
+def server_timing(header: str) -> dict[str, float]:
+    """``exact;dur=0.12, embed;dur=2.3`` → {"exact": 0.12, "embed": 2.3}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, dur = part.partition(";dur=")
+        with contextlib.suppress(ValueError):
+            out[name] = float(dur)
+    return out
+
+
+PHASES = ("exact", "embed", "semantic")
+TIER_HEADER = ["| tier | requests | p50 ms | p99 ms | lookup phases p50 ms (exact / embed /"
+               " semantic) |", "| --- | ---: | ---: | ---: | --- |"]
+
+
 def tier_rows(stats: RunStats) -> list[str]:
+    """Latency per tier, and where the gateway's own lookup spent its time (its
+    Server-Timing header): what the cache costs, apart from queueing and the upstream."""
     rows = []
-    groups: dict[str, list[float]] = {}
+    groups: dict[str, list[Sample]] = {}
     for s in stats.samples:
-        groups.setdefault(s.tier, []).append(s.ms)
+        groups.setdefault(s.tier, []).append(s)
     for tier in ("exact", "semantic", "miss", "bypass"):
-        values = groups.get(tier, [])
-        if values:
+        samples = groups.get(tier, [])
+        if samples:
+            values = [s.ms for s in samples]
+            phases = " / ".join(
+                f"{percentile(v, 50):.1f}" if (v := [s.phases[p] for s in samples
+                                                       if p in s.phases]) else "-"
+                for p in PHASES)
             rows.append(f"| {tier} | {len(values)} | {percentile(values, 50):.1f} | "
-                        f"{percentile(values, 99):.1f} |")
+                        f"{percentile(values, 99):.1f} | {phases} |")
     return rows
 
 
@@ -390,8 +415,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                   f"Bounded run: {len(b.samples)} requests in {b.seconds:.1f}s = "
                   f"**{len(b.samples) / b.seconds:.0f} req/s**, errors **{b.errors}**"
                   + (f" {b.error_kinds}" if b.error_kinds else ""), "",
-                  "| tier | requests | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |",
-                  *tier_rows(b), "", f"Outcomes by request kind: {mix_line(b)}.",
+                  *TIER_HEADER, *tier_rows(b), "", f"Outcomes by request kind: {mix_line(b)}.",
                   f"Wrong answers (an exact hit or miss not answering the asked question): "
                   f"**{len(b.wrong)}**" + (f", e.g. {b.wrong[:3]}" if b.wrong else "") + ".",
                   f"Semantic hits on new questions (each has unique numbers, so any hit is "
@@ -405,8 +429,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             lines += [f"Soak: {args.soak_seconds}s, {len(s.samples)} requests = "
                       f"{len(s.samples) / s.seconds:.0f} req/s, errors **{s.errors}**"
                       + (f" {s.error_kinds}" if s.error_kinds else ""), "",
-                      "| tier | requests | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |",
-                      *tier_rows(s), "",
+                      *TIER_HEADER, *tier_rows(s), "",
                       f"Wrong answers: **{len(s.wrong)}**"
                       + (f", e.g. {s.wrong[:3]}" if s.wrong else "") + "; semantic hits on new "
                       f"questions: **{len(s.suspect)}**"

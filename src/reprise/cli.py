@@ -50,8 +50,10 @@ def _check_exposure(settings: Settings) -> None:
 
 def _serve_gateway(settings: Settings) -> None:
     from reprise.api.app import create_app
+    from reprise.runtime import limit_native_threads
 
     _check_exposure(settings)
+    limit_native_threads(settings.compute_threads)
     # log_config=None: uvicorn's own records go through our (JSON, redacting) handler.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level, access_log=False, log_config=None,
@@ -76,8 +78,10 @@ def serve(
         _serve_gateway(settings)
     elif role == "embeddings":
         from reprise.api.embeddings_app import create_embeddings_app
+        from reprise.runtime import limit_native_threads
 
         _check_exposure(settings)
+        limit_native_threads(settings.compute_threads)
         try:
             embeddings_app = create_embeddings_app(settings)
         except ValueError as exc:

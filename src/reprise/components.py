@@ -77,6 +77,7 @@ def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
         url=settings.embeddings_url,
         model=settings.embeddings_model,
         api_key=settings.embeddings_api_key,
+        threads=settings.compute_threads,
     )
 
 

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # The verifier's second opinion (multilingual-e5-small, needs the `e5` extra), embedded
     # only for candidates whose verdict depends on it; off = judge those at the lowest score.
     semantic_verifier_e5: bool = True
+    # Native threads per embedding call (OpenBLAS for USE, OpenMP for e5) in server
+    # processes. One: a server runs many calls at once, and spinning multi-thread pools
+    # starved everything else under load (see reprise.runtime). Raise it for a process that
+    # mostly ingests big batches on otherwise idle cores.
+    compute_threads: int = Field(default=1, ge=1, le=64)
     embedder: Literal["use", "e5", "remote"] = "use"
     embeddings_url: str | None = None
     embeddings_model: str = "bge-m3"

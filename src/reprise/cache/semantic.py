@@ -24,8 +24,9 @@ import logging
 import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,37 +83,89 @@ class Assessment:
     used_e5: bool = False
 
 
+@dataclass(slots=True)
+class _Draft:
+    """Candidates after guards and features, before the e5 step (see ``assess``)."""
+
+    out: list[Assessment]  # decided without the verifier (guard veto, same question)
+    pending: list[tuple[SearchHit, np.ndarray, bool]]  # (hit, features, long group)
+    scores: list[float]  # per pending candidate
+    undecided: list[int]  # pending candidates whose verdict depends on the e5 similarity
+
+    def undecided_questions(self) -> list[str]:
+        return [self.pending[i][0].entry.question for i in self.undecided]
+
+
+class _ModelGate:
+    """Turns at the e5 model: a lookup waiting for a vector goes before a prefetch.
+
+    Prefetches are speculative; under load they would otherwise queue in front of the
+    lookups that need an answer now (measured: semantic hits waiting seconds behind other
+    requests' prefetches at concurrency 64).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._urgent = 0
+
+    @contextmanager
+    def turn(self, urgent: bool) -> Iterator[None]:
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+            try:
+                while self._busy or (not urgent and self._urgent):
+                    self._cond.wait()
+            finally:
+                if urgent:
+                    self._urgent -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class E5Similarity:
     """Second-embedder similarity for the verifier: the model is loaded on first use and
     vectors are kept in an LRU keyed by ``embedding_text`` (stored questions come back as
     candidates again and again, and a question looked up as a miss is stored next).
 
     ``prefetch`` embeds the incoming question while the first embedder and the index search
-    run, so a candidate that needs e5 costs no extra wait for the question's side; the
-    stored side was embedded the same way when it was asked. Texts being embedded are
-    tracked, so a lookup that needs a vector a prefetch is computing waits for it instead of
-    embedding it twice.
+    run, so a candidate that needs e5 finds the question's side ready; the stored side was
+    embedded the same way when it was asked. Prefetches yield the model to lookups that are
+    waiting (``_ModelGate``) and are skipped while ``max_backlog`` of them already wait: under
+    load the vector is then computed when, and only if, a lookup needs it. A text being
+    embedded is tracked, so a lookup that needs it waits for that pass instead of repeating it.
 
-    Thread-safe: ``SemanticLookup.assess`` and ``prefetch`` run in worker threads. Model
-    calls are serialised: the engine already spreads one call over every core.
+    Thread-safe. Model calls are serialised: the engine spreads one call over its threads.
     """
 
-    def __init__(self, factory: Callable[[], Embedder], cache_size: int = 16384) -> None:
+    def __init__(self, factory: Callable[[], Embedder], cache_size: int = 16384,
+                 max_backlog: int = 2) -> None:
         self._factory = factory
         self._embedder: Embedder | None = None
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._inflight: dict[str, Future[dict[str, np.ndarray]]] = {}
         self._size = cache_size
-        self._lock = threading.Lock()  # the LRU and the in-flight table
-        self._model_lock = threading.Lock()  # loading and calling the model
+        self._lock = threading.Lock()  # the LRU, the in-flight table, the backlog count
+        self._load_lock = threading.Lock()
+        self._gate = _ModelGate()
         self._failed: Exception | None = None
-        # Prefetches get their own thread: waiting for the model there must not hold the
-        # event loop's shared workers (the USE pass and store calls run on those).
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprise-e5")
+        self._backlog = 0
+        self._max_backlog = max_backlog
+        # Own threads, so waiting for the model never holds the event loop's shared workers
+        # (the USE pass and store calls run there).
+        self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprise-e5p")
+        self._lookup_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reprise-e5")
         self.calls = 0  # texts embedded (for benchmarks and tests)
+        self.skipped = 0  # prefetches dropped under load
 
     def _model(self) -> Embedder:
-        with self._model_lock:
+        with self._load_lock:
             if self._failed is not None:
                 raise self._failed
             if self._embedder is None:
@@ -123,58 +176,85 @@ class E5Similarity:
                     raise
             return self._embedder
 
-    def vectors(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def _split(self, texts: Sequence[str], found: dict[str, np.ndarray]
+               ) -> tuple[list[str], list[Future[dict[str, np.ndarray]]]]:
+        """Under ``_lock``: fill ``found`` from the LRU; return (to embed, passes to wait for)."""
+        todo: list[str] = []
+        waits: list[Future[dict[str, np.ndarray]]] = []
+        for t in dict.fromkeys(texts):
+            if t in found:
+                continue
+            if t in self._vectors:
+                self._vectors.move_to_end(t)
+                found[t] = self._vectors[t]
+            elif t in self._inflight:
+                waits.append(self._inflight[t])
+            else:
+                todo.append(t)
+        return todo, waits
+
+    def vectors(self, texts: Sequence[str], urgent: bool = True) -> dict[str, np.ndarray]:
         """e5 vectors of ``texts`` (already in ``embedding_text`` form), by text."""
         found: dict[str, np.ndarray] = {}
-        waits: list[Future[dict[str, np.ndarray]]] = []
-        todo: list[str] = []
-        mine: Future[dict[str, np.ndarray]] = Future()
         with self._lock:
             if self._failed is not None:
                 raise self._failed
-            for t in dict.fromkeys(texts):
-                if t in self._vectors:
-                    self._vectors.move_to_end(t)
-                    found[t] = self._vectors[t]
-                elif t in self._inflight:
-                    waits.append(self._inflight[t])
-                else:
-                    todo.append(t)
-                    self._inflight[t] = mine
+            todo, waits = self._split(texts, found)
         if todo:
-            try:
-                model = self._model()
-                with self._model_lock:
-                    vecs = model.embed_sync(todo, "query")
-            except Exception as exc:
-                with self._lock:
+            model = self._model()
+            with self._gate.turn(urgent):
+                mine: Future[dict[str, np.ndarray]] = Future()
+                with self._lock:  # others may have embedded some while this one waited
+                    todo, more = self._split(todo, found)
+                    waits += more
                     for t in todo:
-                        self._inflight.pop(t, None)
-                mine.set_exception(exc)
-                raise
-            done = {t: np.asarray(v, dtype=np.float32) for t, v in zip(todo, vecs, strict=True)}
-            with self._lock:
-                self.calls += len(todo)
-                for t, v in done.items():
-                    self._vectors[t] = v
-                    self._inflight.pop(t, None)
-                while len(self._vectors) > self._size:
-                    self._vectors.popitem(last=False)
-            mine.set_result(done)
-            found.update(done)
+                        self._inflight[t] = mine
+                if todo:
+                    try:
+                        vecs = model.embed_sync(todo, "query")
+                    except Exception as exc:
+                        with self._lock:
+                            for t in todo:
+                                self._inflight.pop(t, None)
+                        mine.set_exception(exc)
+                        raise
+                    done = {t: np.asarray(v, dtype=np.float32)
+                            for t, v in zip(todo, vecs, strict=True)}
+                    with self._lock:
+                        self.calls += len(todo)
+                        for t, v in done.items():
+                            self._vectors[t] = v
+                            self._inflight.pop(t, None)
+                        while len(self._vectors) > self._size:
+                            self._vectors.popitem(last=False)
+                    mine.set_result(done)
+                    found.update(done)
         for fut in waits:
             found.update(fut.result())
         return found
 
-    def prefetch(self, question: str) -> None:
+    def _prefetch_job(self, question: str) -> None:
         """Embed ``question`` ahead of need; failures are left for the lookup to meet."""
         try:
-            self.vectors([embedding_text(question)])
+            self.vectors([embedding_text(question)], urgent=False)
         except Exception as exc:
             log.debug("e5 prefetch failed: %s", exc)
+        finally:
+            with self._lock:
+                self._backlog -= 1
 
     async def prefetch_async(self, question: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.prefetch, question)
+        with self._lock:
+            if self._backlog >= self._max_backlog or self._failed is not None:
+                self.skipped += 1
+                return
+            self._backlog += 1
+        await asyncio.get_running_loop().run_in_executor(
+            self._prefetch_pool, self._prefetch_job, question)
+
+    async def similarities_async(self, question: str, candidates: Sequence[str]) -> list[float]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._lookup_pool, self.similarities, question, list(candidates))
 
     def similarities(self, question: str, candidates: Sequence[str]) -> list[float]:
         q = embedding_text(question)
@@ -246,13 +326,46 @@ class SemanticLookup:
         floor: float,
         thresholds: Sequence[float] | None = None,
     ) -> list[Assessment]:
-        """Run guards and verifier on every hit with similarity ≥ ``floor`` (CPU work; it
-        may also embed with e5, so it runs off the event loop).
+        """Run guards and verifier on every hit with similarity ≥ ``floor``, computing the
+        e5 similarity in this thread where it decides (benchmarks; ``find`` awaits it).
 
         ``thresholds`` are the thresholds the result will be judged at by ``choose``
         (default: ``floor`` alone); the e5 similarity is computed only for a candidate whose
         verdict at one of them depends on it.
         """
+        draft = self._judge(question, hits, floor, thresholds)
+        sims: list[float] | None = None
+        if draft.undecided and self.e5 is not None:
+            try:
+                sims = self.e5.similarities(question, draft.undecided_questions())
+            except Exception as exc:  # fail safe: the lowest score stands
+                log.warning("e5 similarity failed, judging without it: %s", exc)
+        return self._settle(draft, sims)
+
+    async def assess_async(
+        self, question: str, hits: Sequence[SearchHit], floor: float
+    ) -> list[Assessment]:
+        """``assess`` for the request path: guards and features in a worker thread, the e5
+        step awaited on the e5 thread, so no shared worker sits blocked on the model (under
+        load that starved the USE pass and store calls queued behind it)."""
+        draft = await asyncio.to_thread(self._judge, question, hits, floor, None)
+        sims: list[float] | None = None
+        if draft.undecided and self.e5 is not None:
+            try:
+                sims = await self.e5.similarities_async(question, draft.undecided_questions())
+            except Exception as exc:  # fail safe: the lowest score stands
+                log.warning("e5 similarity failed, judging without it: %s", exc)
+        return self._settle(draft, sims)
+
+    def _judge(
+        self,
+        question: str,
+        hits: Sequence[SearchHit],
+        floor: float,
+        thresholds: Sequence[float] | None,
+    ) -> _Draft:
+        """Guards, features and the verifier's bracket over the e5 range; marks the
+        candidates whose verdict still depends on the e5 similarity."""
         out: list[Assessment] = []
         pending: list[tuple[SearchHit, np.ndarray, bool]] = []
         for hit in hits:
@@ -270,7 +383,7 @@ class SemanticLookup:
             features = pair_features(question, hit.entry.question, hit.similarity)
             pending.append((hit, features, self.verifier.is_long(question, hit.entry.question)))
         if not pending:
-            return out
+            return _Draft(out, pending, [], [])
         lows, highs = self.verifier.bounds(np.stack([f for _, f, _ in pending]))
         ts = [floor] if thresholds is None else list(thresholds)
         undecided: list[int] = []
@@ -284,7 +397,7 @@ class SemanticLookup:
             elif all(lo >= c for c in cuts):
                 scores.append(lo)  # accepted at every e5 value
             else:
-                scores.append(lo)  # replaced below when e5 is available
+                scores.append(lo)  # replaced by ``_settle`` when e5 is available
                 undecided.append(i)
         if len(ts) == 1:
             # ``choose`` takes the most similar accepted candidate: an undecided one less
@@ -295,26 +408,24 @@ class SemanticLookup:
                          ts[0], pending[i][2]) and pending[i][0].similarity >= ts[0]]
             if sure:
                 undecided = [i for i in undecided if pending[i][0].similarity >= max(sure)]
+        return _Draft(out, pending, scores, undecided)
+
+    def _settle(self, draft: _Draft, sims: Sequence[float] | None) -> list[Assessment]:
+        """Final scores: the e5 similarities (when computed) replace the lowest bound."""
+        scores = list(draft.scores)
         used: set[int] = set()
-        if undecided and self.e5 is not None:
-            try:
-                sims = self.e5.similarities(question,
-                                            [pending[i][0].entry.question for i in undecided])
-            except Exception as exc:  # fail safe: the lowest score stands
-                log.warning("e5 similarity failed, judging without it: %s", exc)
-            else:
-                rows = np.stack([with_e5(pending[i][1], s) for i, s in
-                                 zip(undecided, sims, strict=True)])
-                probs = self.verifier.predict(rows)
-                for i, p, e5 in zip(undecided, probs, sims, strict=True):
-                    agree = pending[i][0].similarity >= AGREE_COSINE and e5 >= AGREE_E5
-                    scores[i] = 1.0 if agree else float(p)
-                    used.add(i)
-        out += [
+        if sims is not None and draft.undecided:
+            rows = np.stack([with_e5(draft.pending[i][1], sim) for i, sim in
+                             zip(draft.undecided, sims, strict=True)])
+            probs = self.verifier.predict(rows)
+            for i, p, e5 in zip(draft.undecided, probs, sims, strict=True):
+                agree = draft.pending[i][0].similarity >= AGREE_COSINE and e5 >= AGREE_E5
+                scores[i] = 1.0 if agree else float(p)
+                used.add(i)
+        return draft.out + [
             Assessment(h, None, scores[i], long, i in used)
-            for i, (h, _, long) in enumerate(pending)
+            for i, (h, _, long) in enumerate(draft.pending)
         ]
-        return out
 
     def choose(
         self, assessed: Sequence[Assessment], threshold: float | None = None
@@ -358,5 +469,5 @@ class SemanticLookup:
         hits = [h for h in hits if h.similarity >= floor and self.eligible(h.entry.question)]
         if not hits:
             return None
-        assessed = await asyncio.to_thread(self.assess, question, hits, floor)
+        assessed = await self.assess_async(question, hits, floor)
         return self.choose(assessed, floor)

@@ -13,6 +13,7 @@ def make_embedder(
     api_key: str = "",
     flavor: str | None = None,
     dim: int | None = None,
+    threads: int | None = None,
 ) -> Embedder:
     """One embedder, model loaded now (not on the first request).
 
@@ -22,11 +23,11 @@ def make_embedder(
     if kind == "use":
         from reprise.embed.use import UseEmbedder
 
-        return UseEmbedder()
+        return UseEmbedder() if threads is None else UseEmbedder(threads=threads)
     if kind == "e5":
         from reprise.embed.e5 import E5Embedder
 
-        return E5Embedder()
+        return E5Embedder(threads=threads)
     if kind == "remote":
         from reprise.embed.remote import RemoteEmbedder
 
