@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from reprise.cache.semantic import E5Similarity, SemanticLookup
+from reprise.cache.semantic import E5Similarity, SemanticLookup, _ModelGate
 from reprise.cache.verifier import Verifier
 from reprise.config import Settings
 from reprise.embed.e5 import E5Embedder
@@ -196,3 +198,39 @@ async def test_prefetch_failure_is_silent_and_lookup_stays_strict(
     await remember(strict, "How can I lose weight fast?")
     assert await ask(strict, "how can i lose weight fast") == "How can I lose weight fast?"
     assert await ask(strict, "What is the capital of France?") is None
+
+
+def test_model_gate_serves_waiting_lookups_before_prefetches() -> None:
+    gate = _ModelGate()
+    order: list[str] = []
+    release = threading.Event()
+
+    def holder() -> None:
+        with gate.turn(urgent=False):
+            release.wait(5)
+
+    def worker(name: str, urgent: bool) -> None:
+        with gate.turn(urgent):
+            order.append(name)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    time.sleep(0.05)
+    for name, urgent in (("prefetch-1", False), ("prefetch-2", False), ("lookup", True)):
+        t = threading.Thread(target=worker, args=(name, urgent))
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order[0] == "lookup" and sorted(order[1:]) == ["prefetch-1", "prefetch-2"]
+
+
+async def test_prefetches_beyond_the_backlog_are_skipped(e5_model: E5Embedder) -> None:
+    sim = E5Similarity(lambda: e5_model, max_backlog=1)
+    await asyncio.gather(*(sim.prefetch_async(f"question number {i}") for i in range(6)))
+    assert sim.skipped >= 1 and sim.calls + sim.skipped == 6
+    # A skipped question is embedded when a lookup needs it, not lost.
+    sims = sim.similarities("question number 5", ["question number 5"])
+    assert abs(sims[0] - 1.0) < 1e-4
