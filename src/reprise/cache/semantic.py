@@ -83,6 +83,10 @@ class Assessment:
     used_e5: bool = False
 
 
+# Stored questions whose e5 pass may wait for an idle model (see SemanticLookup.remember).
+WARM_BACKLOG = 256
+
+
 @dataclass(slots=True)
 class _Draft:
     """Candidates after guards and features, before the e5 step (see ``assess``)."""
@@ -233,24 +237,30 @@ class E5Similarity:
             found.update(fut.result())
         return found
 
-    def _prefetch_job(self, question: str) -> None:
-        """Embed ``question`` ahead of need; failures are left for the lookup to meet."""
+    def _prefetch_job(self, text: str) -> None:
+        """Embed ``text`` ahead of need; failures are left for the lookup to meet."""
         try:
-            self.vectors([embedding_text(question)], urgent=False)
+            self.vectors([text], urgent=False)
         except Exception as exc:
             log.debug("e5 prefetch failed: %s", exc)
         finally:
             with self._lock:
                 self._backlog -= 1
 
-    async def prefetch_async(self, question: str) -> None:
+    async def prefetch_async(self, question: str, backlog: int | None = None) -> None:
+        """Embed ``question`` on the prefetch thread unless ``backlog`` (default
+        ``max_backlog``) prefetches already wait, or its vector is known or on its way."""
+        limit = self._max_backlog if backlog is None else backlog
+        text = embedding_text(question)
         with self._lock:
-            if self._backlog >= self._max_backlog or self._failed is not None:
+            if text in self._vectors or text in self._inflight:
+                return
+            if self._backlog >= limit or self._failed is not None:
                 self.skipped += 1
                 return
             self._backlog += 1
         await asyncio.get_running_loop().run_in_executor(
-            self._prefetch_pool, self._prefetch_job, question)
+            self._prefetch_pool, self._prefetch_job, text)
 
     async def similarities_async(self, question: str, candidates: Sequence[str]) -> list[float]:
         return await asyncio.get_running_loop().run_in_executor(
@@ -313,6 +323,13 @@ class SemanticLookup:
         misses, the vector is ready for the next question this one will be compared with."""
         if self.e5 is not None:
             await self.e5.prefetch_async(question)
+
+    async def remember(self, question: str) -> None:
+        """A question was just stored: make sure its e5 vector will be ready when it comes
+        back as a candidate. Usually ``prefetch`` already computed it; when prefetches were
+        skipped under load, this queues it (behind every lookup, bounded) instead."""
+        if self.e5 is not None:
+            await self.e5.prefetch_async(question, backlog=WARM_BACKLOG)
 
     def cutoffs(self, threshold: float | None) -> dict[bool, float]:
         """Verifier cutoff per length group (False = short, True = long) at a threshold."""

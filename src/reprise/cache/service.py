@@ -186,6 +186,8 @@ class CacheService:
                 completion_tokens=int(usage.get("completion_tokens") or 0),
             )
             await self.store.put(entry)
+            if entry.vector is not None and self.semantic is not None:
+                self._spawn(self.semantic.remember(entry.question))
             return True
         except Exception as exc:
             self.health.failed("put", exc)
