@@ -8,6 +8,7 @@ connections and only parses what it must (status line, Content-Length, chunked e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -91,3 +92,13 @@ def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
     return s[k]
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """The gateway's ``Server-Timing: exact;dur=0.12, embed;dur=2.3`` as {"exact": 0.12, …}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, dur = part.partition(";dur=")
+        with contextlib.suppress(ValueError):
+            out[name] = float(dur)
+    return out

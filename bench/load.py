@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import random
@@ -45,7 +44,7 @@ from urllib.parse import unquote
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _load import _read_response, encode_post, percentile
+from _load import _read_response, encode_post, percentile, server_timing
 from reprise.services.processes import ManagedProcess
 from reprise.testing.upstream import free_port
 
@@ -256,16 +255,6 @@ def start_gateways(stack: ExitStack, count: int, env: dict[str, str],
 
 
 # ------------------------------------------------------------------------------ reporting
-def server_timing(header: str) -> dict[str, float]:
-    """``exact;dur=0.12, embed;dur=2.3`` → {"exact": 0.12, "embed": 2.3}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in header.split(","))):
-        name, _, dur = part.partition(";dur=")
-        with contextlib.suppress(ValueError):
-            out[name] = float(dur)
-    return out
-
-
 PHASES = ("exact", "embed", "semantic")
 TIER_HEADER = ["| tier | requests | p50 ms | p99 ms | lookup phases p50 ms (exact / embed /"
                " semantic) |", "| --- | ---: | ---: | ---: | --- |"]

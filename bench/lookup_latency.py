@@ -67,7 +67,13 @@ DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _load import _read_response, encode_post, percentile, run_load  # noqa: E402
+from _load import (  # noqa: E402
+    _read_response,
+    encode_post,
+    percentile,
+    run_load,
+    server_timing,
+)
 from reprise.store.base import CacheEntry, unit  # noqa: E402
 
 DIM = 512
@@ -595,16 +601,6 @@ async def sequential(port: int, questions: list[str], headers: dict[str, str],
             timings.append(server_timing(hdrs.get("server-timing", "")))
     finally:
         writer.close()
-    return out
-
-
-def server_timing(header: str) -> dict[str, float]:
-    """``Server-Timing: exact;dur=0.12, embed;dur=2.3`` → {"exact": 0.12, "embed": 2.3}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in header.split(","))):
-        name, _, dur = part.partition(";dur=")
-        with contextlib.suppress(ValueError):
-            out[name] = float(dur)
     return out
 
 
