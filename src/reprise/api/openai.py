@@ -73,6 +73,12 @@ async def resolve_model(comp: Components, requested: str | None) -> str:
                    code="model_not_found", param="model")
 
 
+def _upstream_failed(comp: Components, exc: UpstreamError) -> None:
+    """Counted and logged: an operator must see why a request failed (no prompt text)."""
+    comp.metrics.upstream_errors.labels(str(exc.status)).inc()
+    log.warning("upstream error %s: %s", exc.status, exc.message)
+
+
 def outcome_headers(outcome: ChatOutcome) -> dict[str, str]:
     headers = {"X-Reprise-Cache": outcome.tier, "Age": str(outcome.age),
                "X-Reprise-Key": outcome.keys.key[:16]}
@@ -141,7 +147,7 @@ async def chat_completions(request: Request) -> Response:
             include_usage=req.include_usage, key_context=key_context, prepare=prepare,
         )
     except UpstreamError as exc:
-        comp.metrics.upstream_errors.labels(str(exc.status)).inc()
+        _upstream_failed(comp, exc)
         return error_response(exc.status, exc.message, code="upstream_error")
     except RagError as exc:
         raise APIError(exc.status, exc.message, code=exc.code, param="collection") from exc
@@ -169,7 +175,7 @@ async def chat_completions(request: Request) -> Response:
     except StopAsyncIteration:
         first = None
     except UpstreamError as exc:
-        comp.metrics.upstream_errors.labels(str(exc.status)).inc()
+        _upstream_failed(comp, exc)
         record(exc.status)
         return error_response(exc.status, exc.message, code="upstream_error")
     except RagError as exc:
@@ -186,7 +192,7 @@ async def chat_completions(request: Request) -> Response:
             yield b"data: [DONE]\n\n"
         except UpstreamError as exc:
             status = exc.status
-            comp.metrics.upstream_errors.labels(str(exc.status)).inc()
+            _upstream_failed(comp, exc)
             yield _sse(error_body(exc.status, exc.message, "upstream_error"))
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]

@@ -76,14 +76,32 @@ class UpstreamClient:
             return UpstreamError(status, f"upstream rejected the request: {msg}")
         return UpstreamError(502, f"upstream model server answered {status}: {msg}")
 
+    @staticmethod
+    def _retryable(exc: Exception, attempt: int) -> bool:
+        """One more try when the connection failed before any answer arrived.
+
+        A pooled keep-alive connection the server closed just as it was reused fails with
+        a protocol or read error although the server is fine, and the next connection
+        succeeds (the likely cause of the one 502 among 37k requests of a two-replica soak,
+        which went unlogged then). Timeouts are not retried: the server may be working on
+        the request.
+        """
+        return (attempt == 0 and isinstance(exc, httpx.TransportError)
+                and not isinstance(exc, httpx.TimeoutException))
+
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         payload = {**body, "stream": False}
         payload.pop("stream_options", None)
-        try:
-            resp = await self._http.post("/chat/completions", content=orjson.dumps(payload),
-                                         headers={"Content-Type": "application/json"})
-        except httpx.HTTPError as exc:
-            raise self._map_exc(exc) from exc
+        for attempt in range(2):
+            try:
+                resp = await self._http.post("/chat/completions", content=orjson.dumps(payload),
+                                             headers={"Content-Type": "application/json"})
+                break
+            except httpx.HTTPError as exc:
+                if self._retryable(exc, attempt):
+                    log.info("upstream connection failed (%s), retrying once", type(exc).__name__)
+                    continue
+                raise self._map_exc(exc) from exc
         if resp.status_code != 200:
             raise self._status_error(resp.status_code, resp.text)
         try:
@@ -97,33 +115,45 @@ class UpstreamClient:
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield parsed chunks; raises UpstreamError, including when the stream is cut."""
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        request = self._http.build_request(
+            "POST", "/chat/completions", content=orjson.dumps(payload),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        resp: httpx.Response | None = None
+        for attempt in range(2):
+            try:
+                resp = await self._http.send(request, stream=True)
+                break
+            except httpx.HTTPError as exc:
+                if self._retryable(exc, attempt):
+                    log.info("upstream connection failed (%s), retrying once", type(exc).__name__)
+                    continue
+                raise self._map_exc(exc) from exc
+        assert resp is not None
         try:
-            async with self._http.stream(
-                "POST", "/chat/completions", content=orjson.dumps(payload),
-                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
-            ) as resp:
-                if resp.status_code != 200:
-                    text = (await resp.aread()).decode(errors="replace")
-                    raise self._status_error(resp.status_code, text)
-                done = False
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError as exc:
-                        raise UpstreamError(502, "upstream sent an invalid stream chunk") from exc
-                    if isinstance(chunk, dict) and "error" in chunk:
-                        raise UpstreamError(502, f"upstream error mid-stream: {chunk['error']}")
-                    yield chunk
-                if not done:
-                    raise UpstreamError(502, "upstream closed the stream before [DONE]")
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")
+                raise self._status_error(resp.status_code, text)
+            done = False
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    raise UpstreamError(502, "upstream sent an invalid stream chunk") from exc
+                if isinstance(chunk, dict) and "error" in chunk:
+                    raise UpstreamError(502, f"upstream error mid-stream: {chunk['error']}")
+                yield chunk
+            if not done:
+                raise UpstreamError(502, "upstream closed the stream before [DONE]")
         except httpx.HTTPError as exc:
             raise self._map_exc(exc) from exc
+        finally:
+            await resp.aclose()
 
     async def models(self) -> list[str]:
         try:
