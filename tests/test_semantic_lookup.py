@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from reprise.cache.semantic import E5Similarity, SemanticLookup, _ModelGate
+from reprise.cache.second_embedder import _ModelGate
+from reprise.cache.semantic import E5Similarity, SemanticLookup
 from reprise.cache.verifier import Verifier
 from reprise.config import Settings
 from reprise.embed.e5 import E5Embedder
