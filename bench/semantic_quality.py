@@ -1,24 +1,39 @@
 """Semantic-cache quality: would the cache have served the right answer, or a wrong one?
 
-    .venv/bin/python bench/semantic_quality.py [--quick] [--pairs N]
+    .venv/bin/python bench/semantic_quality.py [--quick] [--pairs N] [--store sqlite|redis|memory]
 
 For each labelled pair (report splits only: QQP outside the 40k tuning file, LCQMC test,
-BQ test, ASSIN 1+2 test) the first question is stored with a unique answer in a
-``MemoryStore`` partition already holding 10,500 other questions of the same set (its other
-pairs; ASSIN is topped up with Portuguese SQuAD questions), then the second question goes
-through the real ``SemanticLookup``. Outcomes: true hit (the pair's own answer, label 1),
-false hit (any answer for a non-duplicate, or another entry's answer), miss.
+BQ test, ASSIN 1+2 test) the first question is stored with a unique answer in a store
+partition already holding 10,500 other questions of the same set (its other pairs; ASSIN is
+topped up with Portuguese SQuAD questions), then the second question goes through the real
+``SemanticLookup``. Outcomes: true hit (the pair's own answer, label 1), false hit (any
+answer for a non-duplicate, or another entry's answer), miss.
 GPTCache's mock_data.json (all paraphrases) stores every origin plus the fillers and asks
-every paraphrase: recall only. Results: ``bench/results/semantic.md`` and
-``bench/results/semantic_pr.png``.
+every paraphrase: recall only.
+
+``--store`` picks the real store behind the lookup, used only through the ``Store``
+protocol: ``sqlite`` (default, the shipped store; a fresh file in a temp dir), ``redis``
+(``RedisStore`` on a Redis Stack server started by ``reprise.services.redis_stack``, or
+``--redis-url``) or ``memory``. The stores rank candidates with different vector indexes
+(usearch HNSW vs RediSearch HNSW), so this is how a store's own search is shown not to change
+what the cache serves. Results: ``bench/results/semantic.md`` and ``semantic_pr.png`` for
+SQLite; ``semantic_redis.md`` / ``semantic_memory.md`` for the others, which also compare
+their default-threshold numbers with the SQLite run (its per-pair decisions are kept under
+``.cache/bench`` so the comparison can count the pairs served differently).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import math
+import re
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +54,7 @@ from reprise.cache.semantic import (  # noqa: E402
 from reprise.cache.verifier import Verifier  # noqa: E402
 from reprise.config import Settings  # noqa: E402
 from reprise.embed.use import UseEmbedder  # noqa: E402
-from reprise.store.base import CacheEntry  # noqa: E402
-from reprise.store.memory import MemoryStore  # noqa: E402
+from reprise.store.base import CacheEntry, Store  # noqa: E402
 
 NS, FP = "bench", "partition"
 SWEEP = np.round(np.arange(0.60, 0.996, 0.01), 2)
@@ -48,7 +62,17 @@ SWEEP = np.round(np.arange(0.60, 0.996, 0.01), 2)
 # without it, at its lowest possible score: cheaper, and only ever stricter).
 SWEEP_T = [float(t) for t in SWEEP if t >= 0.75]
 FILLERS = 10_500
+DEFAULT_PAIRS = 2000  # per set; the embedding prep covers this sample
 RESULTS = ROOT / "bench" / "results"
+STORES = ("sqlite", "redis", "memory")
+STORE_NAMES = {"sqlite": "SQLite", "redis": "Redis", "memory": "memory"}
+STORE_DESCRIPTIONS = {
+    "sqlite": "`SQLiteStore` (the shipped default; a fresh file in a temp dir, usearch HNSW "
+              "partition index)",
+    "redis": "`RedisStore` on a local Redis Stack server (RediSearch HNSW, filtered KNN)",
+    "memory": "`MemoryStore` (in process, usearch HNSW partition index)",
+}
+FILL_INFLIGHT = 64  # concurrent puts while filling (a Redis round trip each; harmless elsewhere)
 
 
 @dataclass
@@ -62,6 +86,11 @@ class Outcomes:
     other: dict[str, np.ndarray] = field(default_factory=dict)  # another entry (a filler)
     neg_hits: dict[str, np.ndarray] = field(default_factory=dict)
     default: dict[str, int] = field(default_factory=dict)
+    # What the shipped lookup served per pair, in order ("" = miss): lets two runs on
+    # different stores count the pairs they decided differently, not just compare totals.
+    served: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)  # the right key for each pair
+    labels: list[int] = field(default_factory=list)
 
     def add(self, mode: str, correct: np.ndarray, wrong: np.ndarray, other: np.ndarray,
             negative: np.ndarray) -> None:
@@ -118,6 +147,32 @@ def entry(key: str, question: str, vector: np.ndarray) -> CacheEntry:
                       response=key.encode(), vector=vector)
 
 
+def open_store(kind: str, where: Path, dim: int, redis_url: str) -> Store:
+    """A fresh store of ``kind`` with no byte bound in reach (eviction would drop fillers).
+    Redis gets a private key prefix, so a shared server's other data is never touched."""
+    big = 1 << 40
+    if kind == "memory":
+        from reprise.store.memory import MemoryStore
+
+        return MemoryStore(dim, big)
+    if kind == "sqlite":
+        from reprise.store.sqlite import SQLiteStore
+
+        return SQLiteStore(where / "cache.sqlite3", dim, big)
+    from reprise.store.redis import RedisStore
+
+    return RedisStore(redis_url, dim, big, prefix=f"bench-semantic-{uuid.uuid4().hex[:8]}")
+
+
+async def refill(store: Store, items: list[tuple[str, str]], vec: dict[str, np.ndarray]
+                 ) -> None:
+    """Empty the store, then put ``(key, question)`` items, ``FILL_INFLIGHT`` at a time."""
+    await store.clear()
+    for b in range(0, len(items), FILL_INFLIGHT):
+        await asyncio.gather(*(store.put(entry(k, q, vec[q]))
+                               for k, q in items[b : b + FILL_INFLIGHT]))
+
+
 def judge_sweep(lookup: SemanticLookup, assessed: list[Assessment], hits_top: tuple[float, str]
                 ) -> tuple[list[str | None], list[str | None]]:
     """Returned key per sweep threshold: (cosine alone on the top hit, shipped pipeline)."""
@@ -133,10 +188,7 @@ def judge_sweep(lookup: SemanticLookup, assessed: list[Assessment], hits_top: tu
 async def run_pairs(name: str, pairs: list[sd.Pair], fill: list[str], lookup: SemanticLookup,
                     vec: dict[str, np.ndarray]) -> Outcomes:
     store = lookup.store
-    assert isinstance(store, MemoryStore)
-    await store.clear()
-    for i, text in enumerate(fill):
-        await store.put(entry(f"filler-{i}", text, vec[text]))
+    await refill(store, [(f"filler-{i}", text) for i, text in enumerate(fill)], vec)
     out = Outcomes()
     for p in pairs:
         await store.put(entry("target", p.q1, vec[p.q1]))
@@ -161,6 +213,9 @@ async def run_pairs(name: str, pairs: list[sd.Pair], fill: list[str], lookup: Se
         outcome = ("miss" if key is None else "other" if key != "target"
                    else "tp" if p.label else "fp")
         out.default[outcome] = out.default.get(outcome, 0) + 1
+        out.served.append(key or "")
+        out.expected.append("target")
+        out.labels.append(p.label)
         out.default["neg_hit"] = out.default.get("neg_hit", 0) + int(key is not None
                                                                       and not p.label)
     return out
@@ -169,13 +224,10 @@ async def run_pairs(name: str, pairs: list[sd.Pair], fill: list[str], lookup: Se
 async def run_mock(pairs: list[sd.Pair], fill: list[str], lookup: SemanticLookup,
                    vec: dict[str, np.ndarray]) -> Outcomes:
     store = lookup.store
-    assert isinstance(store, MemoryStore)
-    await store.clear()
-    for i, text in enumerate(fill):
-        await store.put(entry(f"filler-{i}", text, vec[text]))
     origins = list(dict.fromkeys(p.q1 for p in pairs))
-    for i, text in enumerate(origins):
-        await store.put(entry(f"origin-{i}", text, vec[text]))
+    await refill(store, [(f"filler-{i}", text) for i, text in enumerate(fill)]
+                 + [(f"origin-{i}", text) for i, text in enumerate(origins)], vec)
+    origin_key = {text: f"origin-{i}" for i, text in enumerate(origins)}
     out = Outcomes()
     for p in pairs:
         v2 = vec[p.q2]
@@ -198,6 +250,9 @@ async def run_mock(pairs: list[sd.Pair], fill: list[str], lookup: SemanticLookup
         got = None if shipped is None else shipped.entry.question
         outcome = "miss" if got is None else ("tp" if got == p.q1 else "fp")
         out.default[outcome] = out.default.get(outcome, 0) + 1
+        out.served.append("" if shipped is None else shipped.entry.key)
+        out.expected.append(origin_key[p.q1])
+        out.labels.append(1)
     return out
 
 
@@ -226,10 +281,22 @@ def plot(results: dict[str, Outcomes], thr: float, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def default_numbers(o: Outcomes) -> tuple[float, float, float]:
+    """Strict precision, labelled precision and recall at the shipped default."""
+    d = o.default
+    tp, fp, oh = d.get("tp", 0), d.get("fp", 0), d.get("other", 0)
+    strict = tp / (tp + fp + oh) if tp + fp + oh else float("nan")
+    labelled = tp / (tp + fp) if tp + fp else float("nan")
+    return strict, labelled, tp / max(o.positives, 1)
+
+
 def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int,
-           seconds: float) -> str:
+           seconds: float, store: str, plot_name: str | None) -> str:
     lines = [
-        "# Semantic cache quality",
+        f"# Semantic cache quality — {STORE_NAMES[store]} store",
+        "",
+        f"Store: **{store}** — {STORE_DESCRIPTIONS[store]}, used through the `Store` "
+        "protocol by the real `SemanticLookup`.",
         "",
         f"Shipped default: cosine threshold **{thr:.2f}**, verifier cutoff **{cutoff:.2f}** "
         "(USE embedder, guards + learned verifier). Report splits only; "
@@ -238,6 +305,11 @@ def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int
         "ASSIN duplicate = similarity ≥ 4.5. mock_data.json: all 964 origins stored with the "
         "fillers (QQP questions), all 999 paraphrases asked; recall only.",
         "",
+    ]
+    if n_pairs < DEFAULT_PAIRS:
+        lines += [f"**Smaller run**: {n_pairs} pairs per set instead of the default "
+                  f"{DEFAULT_PAIRS} (`--quick` or `--pairs`), so the numbers are noisier.", ""]
+    lines += [
         "## At the shipped default",
         "",
         "*false hits* = the pair's own stored question served for a non-duplicate; "
@@ -254,9 +326,7 @@ def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int
     for name, o in results.items():
         d = o.default
         tp, fp, oh, miss = d.get("tp", 0), d.get("fp", 0), d.get("other", 0), d.get("miss", 0)
-        strict = tp / (tp + fp + oh) if tp + fp + oh else float("nan")
-        labelled = tp / (tp + fp) if tp + fp else float("nan")
-        rec = tp / max(o.positives, 1)
+        strict, labelled, rec = default_numbers(o)
         fhr = (f"{d.get('neg_hit', 0) / o.negatives:.3f}" if o.negatives else "n/a")
         lines.append(f"| {name} | {o.positives + o.negatives} | {tp} | {fp} | {oh} | {miss} | "
                      f"{strict:.3f} | {labelled:.3f} | {rec:.3f} | {fhr} |")
@@ -285,25 +355,146 @@ def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int
         cells = []
         for o in results.values():
             for mode in ("cosine", "pipeline"):
-                prec, rec = o.curve(mode)
-                cells.append(f"{prec[i]:.2f} / {rec[i]:.2f}")
+                p_curve, r_curve = o.curve(mode)
+                cells.append(f"{p_curve[i]:.2f} / {r_curve[i]:.2f}")
         lines.append(f"| {t:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", f"Run time {seconds:.0f} s. Plot: `semantic_pr.png`.", ""]
+    plot_note = f" Plot: `{plot_name}`." if plot_name else ""
+    lines += ["", f"Run time {seconds:.0f} s.{plot_note}", ""]
     return "\n".join(lines)
+
+
+def decisions_path(cache_dir: Path, store: str) -> Path:
+    return cache_dir / f"semantic_decisions_{store}.json"
+
+
+def save_decisions(path: Path, results: dict[str, Outcomes], thr: float, n: int) -> None:
+    data = {"threshold": thr, "pairs": n, "sets": {k: o.served for k, o in results.items()}}
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def sqlite_defaults(md: str) -> tuple[float | None, int | None, dict[str, tuple[float, ...]]]:
+    """Threshold, pairs per set and (strict P, labelled P, recall) per set of a SQLite
+    ``semantic.md`` (the "At the shipped default" table written by ``report``)."""
+    thr = re.search(r"cosine threshold \*\*([0-9.]+)\*\*", md)
+    n = re.search(r"up to (\d+) pairs per set", md)
+    rows: dict[str, tuple[float, ...]] = {}
+    section = md.split("## At the shipped default", 1)[-1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[1].isdigit():
+            with contextlib.suppress(ValueError):
+                rows[cells[0]] = (float(cells[6]), float(cells[7]), float(cells[8]))
+    return (float(thr.group(1)) if thr else None, int(n.group(1)) if n else None, rows)
+
+
+def served_numbers(o: Outcomes, served: list[str], mock: bool) -> tuple[float, float, float]:
+    """``default_numbers`` of another run's served keys on this run's first pairs (the
+    sample is the same prefix whatever ``--pairs`` was), judged as ``run_pairs`` /
+    ``run_mock`` judge them: another entry is an *other* hit, or for mock a false one."""
+    tp = fp = oh = 0
+    for key, right, label in zip(served, o.expected, o.labels, strict=False):
+        if not key:
+            continue
+        if key == right:
+            tp, fp = tp + bool(label), fp + (not label)
+        elif mock:
+            fp += 1
+        else:
+            oh += 1
+    positives = sum(o.labels[: len(served)])
+    strict = tp / (tp + fp + oh) if tp + fp + oh else float("nan")
+    labelled = tp / (tp + fp) if tp + fp else float("nan")
+    return strict, labelled, tp / max(positives, 1)
+
+
+def comparison(results: dict[str, Outcomes], store: str, thr: float, n: int,
+               sqlite_md: Path, sqlite_decisions: Path) -> str:
+    """Default-threshold numbers of this run next to the SQLite run's (if it exists).
+
+    With the SQLite run's per-pair decisions at the same threshold, both sides are computed
+    on the very same pairs (the common prefix of the two samples) and the pairs served
+    differently are counted; otherwise the SQLite numbers are read from its results file."""
+    if not sqlite_md.exists():
+        return ""
+    ref_thr, ref_n, ref = sqlite_defaults(sqlite_md.read_text(encoding="utf-8"))
+    served: dict[str, list[str]] = {}
+    if sqlite_decisions.exists():
+        data = json.loads(sqlite_decisions.read_text(encoding="utf-8"))
+        other_n = int(data.get("pairs", 0))
+        # Samples of up to DEFAULT_PAIRS pairs are prefixes of one another (see ``run``).
+        same_pairs = other_n == n or max(other_n, n) <= DEFAULT_PAIRS
+        if abs(float(data.get("threshold", -1)) - thr) < 1e-9 and same_pairs:
+            served = data["sets"]
+    name = STORE_NAMES[store]
+    lines = [
+        f"## Against the SQLite run (`{sqlite_md.name}`), at the shipped default",
+        "",
+        f"Δ = {name} − SQLite. σ = binomial standard error of the recall "
+        "(sqrt(r(1−r)/positives)), for scale: both runs ask the very same pairs, so any "
+        "difference comes only from the stores' vector search (which neighbours make the "
+        "top 5, and the cosine each reports). *served differently* = pairs for which the "
+        "shipped lookup returned a different entry (or hit vs miss) than in the SQLite run.",
+        "",
+    ]
+    if not served and (ref_thr is None or abs(ref_thr - thr) > 0.005 or ref_n != n):
+        lines += [f"**Not comparable as is**: the SQLite file was made at threshold {ref_thr} "
+                  f"with up to {ref_n} pairs per set; this run used {thr:.2f} and {n}.", ""]
+    lines += [
+        f"| set | pairs compared | P strict SQLite | {name} | Δ | P labelled SQLite | {name} | "
+        f"Δ | recall SQLite | {name} | Δ | σ recall | served differently |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for set_name, o in results.items():
+        other = served.get(set_name)
+        mock = set_name == "gptcache-mock"
+        if other is not None:
+            m = min(len(other), len(o.served))
+            theirs: tuple[float, ...] | None = served_numbers(o, other[:m], mock)
+            mine = served_numbers(o, o.served[:m], mock)
+            diff = f"{sum(a != b for a, b in zip(other[:m], o.served[:m], strict=True))}"
+        else:
+            m, theirs, mine, diff = len(o.served), ref.get(set_name), default_numbers(o), "n/a"
+        cells = []
+        for i in range(3):
+            a = theirs[i] if theirs else float("nan")
+            d = round(mine[i], 3) - round(a, 3)
+            cells += [f"{a:.3f}", f"{mine[i]:.3f}", "±0" if abs(d) < 5e-4 else f"{d:+.3f}"]
+        positives = max(sum(o.labels[:m]), 1)
+        sigma = math.sqrt(mine[2] * (1 - mine[2]) / positives)
+        lines.append(f"| {set_name} | {m} | " + " | ".join(cells)
+                     + f" | {sigma:.3f} | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="500 pairs per set")
-    ap.add_argument("--pairs", type=int, default=2000)
+    ap.add_argument("--pairs", type=int, default=DEFAULT_PAIRS)
     ap.add_argument("--sets", default="qqp,lcqmc,bq,assin,gptcache-mock",
                     help="comma-separated subset (a partial run for iterating)")
+    ap.add_argument("--store", choices=STORES, default="sqlite",
+                    help="store behind the lookup (default: sqlite, the shipped default)")
+    ap.add_argument("--redis-url", default="",
+                    help="--store redis: use this Redis Stack server instead of starting one")
     ap.add_argument("--cache-dir", type=Path, default=sd.CACHE_DIR)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if not sd.DATA.exists():
         print(f"evaluation data not found at {sd.DATA}; skipping")
         return
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprise-semantic-")))
+        redis_url = args.redis_url
+        if args.store == "redis" and not redis_url:
+            # The project's own Redis Stack (installed under .cache/redis-stack, as the tests
+            # and bench/lookup_latency.py use it); stopped when the run ends.
+            from reprise.services.redis_stack import start_server
+
+            redis_url = stack.enter_context(start_server(ROOT / ".cache" / "redis-stack")).url
+        await run(args, tmp, redis_url)
+
+
+async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
     n = 500 if args.quick else args.pairs
     t0 = time.time()
     embedder = UseEmbedder()
@@ -313,38 +504,53 @@ async def main() -> None:
     thr = float(Settings.model_fields["semantic_threshold"].default)
     cached_e5 = CachedE5(args.cache_dir)
     e5 = E5Similarity(lambda: cached_e5, cache_size=1 << 20)
-    lookup = SemanticLookup(MemoryStore(embedder.dim, 1 << 31), embedder, verifier,
-                            threshold=thr, e5=e5)
+    store = open_store(args.store, tmp, embedder.dim, redis_url)
+    lookup = SemanticLookup(store, embedder, verifier, threshold=thr, e5=e5)
     results: dict[str, Outcomes] = {}
     qqp_fill: list[str] = []
     chosen = set(args.sets.split(","))
-    for name, loader in sd.REPORT.items():
-        if name not in chosen and not (name == "qqp" and "gptcache-mock" in chosen):
-            continue
-        pool = loader()
-        # Same sample as the embedding prep: sample(pool, 2000) then its first n.
-        pairs = sd.sample(pool, max(n, 2000))[:n]
-        fill = sd.fillers(name, pool, sd.sample(pool, max(n, 2000)), FILLERS)
-        if name == "qqp":
-            qqp_fill = fill
-            if name not in chosen:
+    try:
+        for name, loader in sd.REPORT.items():
+            if name not in chosen and not (name == "qqp" and "gptcache-mock" in chosen):
                 continue
-        texts = [t for p in pairs for t in (p.q1, p.q2)] + fill
-        vec = embed_all(cache, embedder, texts)
-        results[name] = await run_pairs(name, pairs, fill, lookup, vec)
-        cached_e5.cache.save()
-        print(f"{name}: {len(pairs)} pairs, {time.time() - t0:.0f}s", flush=True)
-    if "gptcache-mock" in chosen:
-        mock = sd.mock_pairs()
-        texts = [t for p in mock for t in (p.q1, p.q2)] + qqp_fill
-        vec = embed_all(cache, embedder, texts)
-        results["gptcache-mock"] = await run_mock(mock, qqp_fill, lookup, vec)
-        cached_e5.cache.save()
-        print(f"gptcache-mock: {len(mock)} pairs, {time.time() - t0:.0f}s", flush=True)
-    md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0)
+            pool = loader()
+            # Same sample as the embedding prep: sample(pool, 2000) then its first n.
+            pairs = sd.sample(pool, max(n, DEFAULT_PAIRS))[:n]
+            fill = sd.fillers(name, pool, sd.sample(pool, max(n, DEFAULT_PAIRS)), FILLERS)
+            if name == "qqp":
+                qqp_fill = fill
+                if name not in chosen:
+                    continue
+            texts = [t for p in pairs for t in (p.q1, p.q2)] + fill
+            vec = embed_all(cache, embedder, texts)
+            results[name] = await run_pairs(name, pairs, fill, lookup, vec)
+            cached_e5.cache.save()
+            print(f"{args.store} {name}: {len(pairs)} pairs, {time.time() - t0:.0f}s", flush=True)
+        if "gptcache-mock" in chosen:
+            mock = sd.mock_pairs()
+            texts = [t for p in mock for t in (p.q1, p.q2)] + qqp_fill
+            vec = embed_all(cache, embedder, texts)
+            results["gptcache-mock"] = await run_mock(mock, qqp_fill, lookup, vec)
+            cached_e5.cache.save()
+            print(f"{args.store} gptcache-mock: {len(mock)} pairs, {time.time() - t0:.0f}s",
+                  flush=True)
+    finally:
+        await store.clear()
+        await store.close()
+    plot_name = "semantic_pr.png" if args.store == "sqlite" else None
+    md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0, args.store,
+                plot_name)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "semantic.md").write_text(md, encoding="utf-8")
-    plot(results, thr, args.out / "semantic_pr.png")
+    if args.store == "sqlite":
+        md_path = args.out / "semantic.md"
+    else:
+        md += "\n" + comparison(results, args.store, thr, n, args.out / "semantic.md",
+                                decisions_path(args.cache_dir, "sqlite"))
+        md_path = args.out / f"semantic_{args.store}.md"
+    md_path.write_text(md, encoding="utf-8")
+    save_decisions(decisions_path(args.cache_dir, args.store), results, thr, n)
+    if plot_name:
+        plot(results, thr, args.out / plot_name)
     print(md)
 
 
