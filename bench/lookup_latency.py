@@ -630,10 +630,11 @@ def gateway_run(args: argparse.Namespace) -> str:
             priority(0, 0, *pids)
             try:
                 fill_res = asyncio.run(sequential(port, [a for a, _ in pairs], h))
-                # A miss returns before its background e5 pass ends (SemanticLookup.prefetch);
-                # back-to-back fills queue those passes, which questions asked at human pace
-                # never do. Let them finish so the hit phase measures hits, not the backlog.
-                time.sleep(3.0)
+                # A miss returns before its background e5 pass ends (SemanticLookup.prefetch
+                # and .remember, ~20 ms each on one thread); back-to-back fills queue those
+                # passes, which questions asked at human pace never do. Let them finish so
+                # the hit phase measures hits, not the backlog.
+                time.sleep(max(3.0, 0.04 * n))
                 phases: list[dict[str, float]] = []
                 res = asyncio.run(sequential(port, [b for _, b in pairs], h, phases))
                 exact = asyncio.run(sequential(port, [a for a, _ in pairs], h))
