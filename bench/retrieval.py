@@ -637,7 +637,8 @@ async def squad_section(emb: CachedEmbedder, name: str, off_topic: SQLiteChunkIn
                             (f"dense {name}", retriever_for(sq_index, emb, "dense")),
                             (f"hybrid RRF k=60 {name}",
                              retriever_for(sq_index, emb, "hybrid", fusion="rrf")),
-                            (f"hybrid convex 0.6 {name}", retriever_for(sq_index, emb, "hybrid")),
+                            (f"hybrid convex {shipped.dense_weight} {name}",
+                             retriever_for(sq_index, emb, "hybrid")),
                             (f"hybrid + rerank {name} (shipped)", shipped)]:
             s = await evaluate(retr, sq_q, sq_v, sq_t, deep=False, timed=lang == "en")
             rows.append(f"| {lang} | {label} | {s.recall5:.4f} | {s.ndcg10:.4f} | "

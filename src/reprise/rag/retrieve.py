@@ -3,10 +3,11 @@
 ``search`` embeds the question (as an e5 *query*) and tokenizes it, asks both legs of the
 chunk index for their best ``candidates`` concurrently, fuses the two lists, reads the best
 ``depth`` fused chunks back (text, page, passage vector), computes each one's exact cosine
-to the question, and hands them to the reranker. The defaults were chosen on SciFact train
-(``bench/results/retrieval_tuning.md``): a convex combination with dense weight 0.6 beat
-the best RRF by 0.006 nDCG@10; 100 candidates per leg, the best 30 reranked (20 or 50
-differed by < 0.002).
+to the question, and hands them to the reranker. The defaults were chosen on SciFact train,
+full corpus, 809 claims (``bench/results/retrieval_tuning.md``): a convex combination with
+dense weight 0.4 (BM25 0.6) beat the best RRF; 100 candidates per leg, the best 30
+reranked (20 or 50 differed by < 0.002). A first tuning on a 984-document sub-corpus had
+picked dense weight 0.6: with fewer competing documents the dense leg looked stronger.
 
 ``is_relevant`` decides whether a chunk may ground an answer at all: a question about
 something the documents do not cover must get "not found" rather than an answer built
@@ -82,7 +83,7 @@ class HybridRetriever:
     def __init__(self, index: ChunkIndex, embedder: Any, reranker: Reranker | None = None, *,
                  candidates: int = 100, depth: int = 30,
                  fusion: Literal["rrf", "convex"] = "convex", rrf_k: int = 60,
-                 dense_weight: float = 0.6, legs: tuple[str, ...] = ("dense", "bm25"),
+                 dense_weight: float = 0.4, legs: tuple[str, ...] = ("dense", "bm25"),
                  min_similarity: float | None = None) -> None:
         self.index = index
         self.embedder = embedder
