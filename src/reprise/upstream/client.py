@@ -89,19 +89,24 @@ class UpstreamClient:
         return (attempt == 0 and isinstance(exc, httpx.TransportError)
                 and not isinstance(exc, httpx.TimeoutException))
 
+    async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """Send, with the one retry ``_retryable`` allows; failures become UpstreamError."""
+        attempt = 0
+        while True:
+            try:
+                return await self._http.send(request, stream=stream)
+            except httpx.HTTPError as exc:
+                if not self._retryable(exc, attempt):
+                    raise self._map_exc(exc) from exc
+                log.info("upstream connection failed (%s), retrying once", type(exc).__name__)
+                attempt += 1
+
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         payload = {**body, "stream": False}
         payload.pop("stream_options", None)
-        for attempt in range(2):
-            try:
-                resp = await self._http.post("/chat/completions", content=orjson.dumps(payload),
-                                             headers={"Content-Type": "application/json"})
-                break
-            except httpx.HTTPError as exc:
-                if self._retryable(exc, attempt):
-                    log.info("upstream connection failed (%s), retrying once", type(exc).__name__)
-                    continue
-                raise self._map_exc(exc) from exc
+        resp = await self._send(self._http.build_request(
+            "POST", "/chat/completions", content=orjson.dumps(payload),
+            headers={"Content-Type": "application/json"}), stream=False)
         if resp.status_code != 200:
             raise self._status_error(resp.status_code, resp.text)
         try:
@@ -118,17 +123,7 @@ class UpstreamClient:
         request = self._http.build_request(
             "POST", "/chat/completions", content=orjson.dumps(payload),
             headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
-        resp: httpx.Response | None = None
-        for attempt in range(2):
-            try:
-                resp = await self._http.send(request, stream=True)
-                break
-            except httpx.HTTPError as exc:
-                if self._retryable(exc, attempt):
-                    log.info("upstream connection failed (%s), retrying once", type(exc).__name__)
-                    continue
-                raise self._map_exc(exc) from exc
-        assert resp is not None
+        resp = await self._send(request, stream=True)
         try:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
