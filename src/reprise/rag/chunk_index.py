@@ -18,8 +18,9 @@ import asyncio
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -46,6 +47,20 @@ class StoredChunk:
     page: int
     text: str
     vector: np.ndarray
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once (``BEGIN IMMEDIATE``), so two writers never
+    both read a collection version and bump it; rolled back on any error, so a failed
+    ingestion leaves nothing half-written."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def chunk_id(doc_id: str, ordinal: int) -> str:
@@ -170,8 +185,7 @@ class SQLiteChunkIndex:
              terms: list[list[str]]) -> None:
         db = self._conn()
         before = self._version(key)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             rows = []
             for c, v, t in zip(chunks, vectors, terms, strict=True):
                 cur = db.execute(
@@ -181,10 +195,6 @@ class SQLiteChunkIndex:
                      " ".join(t), np.asarray(v, dtype=np.float32).tobytes()))
                 rows.append(int(cur.lastrowid or 0))
             after = self._bump(key)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         dense = self._dense.get(key)
         if dense is not None and dense.version == before and rows:
             dense.index.add(np.asarray(rows, dtype=np.int64), vectors)
@@ -204,15 +214,10 @@ class SQLiteChunkIndex:
         before = self._version(key)
         where, args = ("coll=?", (key,)) if doc_id is None else ("coll=? AND doc_id=?",
                                                                   (key, doc_id))
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             rows = [r[0] for r in db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
             db.execute(f"DELETE FROM chunks WHERE {where}", args)
             after = self._bump(key)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         dense = self._dense.get(key)
         if doc_id is not None and dense is not None and dense.version == before:
             for row in rows:
