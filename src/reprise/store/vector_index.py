@@ -4,16 +4,30 @@ Semantic search never crosses a partition ``(namespace, fingerprint)``, so each 
 gets its own index instead of one global index with a filter (a filter over a global HNSW
 graph degrades badly when the partition is a tiny fraction of it). Most partitions are small
 (one per conversation context), so a partition is an exact numpy matrix until it holds
-``hnsw_from`` vectors, then it is moved to an HNSW graph (usearch) so lookup time stays flat
-as it grows to millions.
+``hnsw_from`` vectors; then it becomes a *reduced graph with re-scoring*:
 
-HNSW settings (measured by ``bench/lookup_latency.py`` on vectors with the spectrum of real
-USE question embeddings, 100k in one partition): 8-bit scalar quantisation (``i8``) halves
-memory against ``f16`` and searches faster on CPUs without native half floats, with the same
-recall; callers rank by the exact cosine of the stored float32 vectors anyway, so the
-quantised distance only chooses the candidates. ``connectivity`` 16 with ``expansion_add``
-64 builds twice as fast as 128 for no measurable recall loss; ``expansion_search`` is the
-recall/latency knob.
+* an HNSW graph (usearch) over the vectors projected on their top ``REDUCED_DIM`` principal
+  components (PCA fitted on the partition's vectors when the graph is built), stored as
+  8-bit integers, L2 distance in the centred space (for unit vectors, L2 order = cosine
+  order). A graph walk over a million vectors costs one memory miss per distance; 64-dim
+  int8 vectors are one cache line each, and in 64 dims the graph needs far fewer steps for
+  the same recall than in 512 (the discarded components mostly blur who is nearest).
+* the graph proposes ``CANDIDATES`` labels; they are re-scored with the full vectors, kept
+  here as float16 (no store round trip), and the best ``k`` are returned with their cosine.
+  Re-scoring makes the ranking exact among the candidates, so only a neighbour the
+  64-dim graph fails to propose at all can be missed.
+
+Measured with ``bench/lookup_latency.py`` (vectors with the spectrum of real USE question
+embeddings, one partition; see ``bench/results/lookup.md``). Against the previous full
+512-dim int8 graph at 1M vectors: recall@1 0.805 -> 0.989, search p50 3.3 -> 1.0-1.9 ms,
+build from the rows 1,506 -> 466 s; memory ~1.5 KB per vector instead of 0.8 KB (the
+float16 copy is 1 KiB of it). 128 components kept more of the real embeddings' geometry but
+needed twice the search breadth at 1M for lower recall (0.946 at breadth 128); connectivity
+8 lost recall and 32 was slower at 200k. On 20k real USE embeddings of QQP questions
+(queries: the other question of each pair) the index returns the exact scan's nearest entry
+for 99.7-99.9% of the queries whose nearest cosine is >= 0.79 (at or below the default
+semantic threshold; 100% at >= 0.9; the old 512-dim graph: 100%), 96-97% overall (near
+ties far below the threshold swap).
 """
 
 from __future__ import annotations
@@ -29,11 +43,20 @@ Partition = tuple[str, str]
 HNSW_DTYPE = "i8"
 HNSW_CONNECTIVITY = 16
 HNSW_EXPANSION_ADD = 64
-HNSW_EXPANSION_SEARCH = 96
+HNSW_EXPANSION_SEARCH = 64  # at 100k vectors; grows slowly with the partition (see _ef)
+REDUCED_DIM = 64  # PCA components the graph is built on
+CANDIDATES = 64  # graph proposals re-scored with the full vectors
+PCA_SAMPLE = 20_000  # vectors the projection is fitted on (enough for 512x512 covariance)
+SAVE_FORMAT = 2  # bumped when the saved layout changes: older files are rebuilt from rows
 
 
 class PartitionIndex:
-    """Vectors of one partition, addressed by integer labels."""
+    """Vectors of one partition, addressed by integer labels.
+
+    Rows ``_matrix[:n]`` hold the partition's vectors (float32 while exact, float16 once a
+    graph exists, kept compact by moving the last row into a removed one); ``_rows`` maps a
+    label to its row. In graph mode ``_hnsw`` indexes the same labels on reduced vectors.
+    """
 
     def __init__(self, dim: int, hnsw_from: int = 2048) -> None:
         self.dim = dim
@@ -42,9 +65,12 @@ class PartitionIndex:
         self._labels = np.zeros(16, dtype=np.int64)
         self._rows: dict[int, int] = {}
         self._hnsw: Index | None = None
+        self._mean = np.zeros(dim, dtype=np.float32)
+        self._proj = np.zeros((dim, 0), dtype=np.float32)  # dim x reduced, scale folded in
+        self.expansion_search: int | None = None  # None: set by the partition's size
 
     def __len__(self) -> int:
-        return len(self._hnsw) if self._hnsw is not None else len(self._rows)
+        return len(self._rows)
 
     @property
     def is_hnsw(self) -> bool:
@@ -54,11 +80,8 @@ class PartitionIndex:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.dim)
         for label in labels:
-            if int(label) in self:
+            if int(label) in self._rows:
                 self.remove(int(label))
-        if self._hnsw is not None:
-            self._hnsw.add(labels, vectors)
-            return
         n = len(self._rows)
         need = n + len(labels)
         if need > len(self._labels):
@@ -69,20 +92,20 @@ class PartitionIndex:
         self._labels[n:need] = labels
         for i, label in enumerate(labels):
             self._rows[int(label)] = n + i
-        if need >= self.hnsw_from:
+        if self._hnsw is not None:
+            self._hnsw.add(labels, self._reduce(vectors))
+        elif need >= self.hnsw_from:
             self._to_hnsw()
 
     def __contains__(self, label: int) -> bool:
-        if self._hnsw is not None:
-            return bool(self._hnsw.contains(label))
         return label in self._rows
 
     def remove(self, label: int) -> bool:
-        if self._hnsw is not None:
-            return bool(self._hnsw.remove(label))
         row = self._rows.pop(label, None)
         if row is None:
             return False
+        if self._hnsw is not None:
+            self._hnsw.remove(label)
         last = len(self._rows)  # index of the last filled row after the pop
         if row != last:
             moved = int(self._labels[last])
@@ -92,73 +115,123 @@ class PartitionIndex:
         return True
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """Labels and cosine similarities, best first."""
-        if len(self) == 0 or k <= 0:
+        """Labels and cosine similarities (float16-exact in graph mode), best first."""
+        n = len(self._rows)
+        if n == 0 or k <= 0:
             return []
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         if self._hnsw is not None:
-            matches = self._hnsw.search(q, min(k, len(self._hnsw)))
-            return [
-                (int(key), 1.0 - float(dist))
-                for key, dist in zip(matches.keys, matches.distances, strict=True)
-            ]
-        n = len(self._rows)
+            want = min(n, max(k, CANDIDATES))
+            ef = self.expansion_search or self._ef(n)
+            if self._hnsw.expansion_search != ef:
+                self._hnsw.expansion_search = ef  # type: ignore[misc]  # has a setter
+            # einsum for the one-vector projection too (see the exact scan below)
+            found = self._hnsw.search(np.einsum("j,jk->k", q - self._mean, self._proj),
+                                      want).keys
+            rows = np.fromiter((self._rows[int(key)] for key in found), dtype=np.int64,
+                               count=len(found))
+            cand = self._matrix[rows].astype(np.float32)
+        else:
+            rows = np.arange(n)
+            cand = self._matrix[:n]
         # einsum, not ``@``: a BLAS matrix-vector product of this size is split over
         # threads, and on a busy machine one descheduled thread stalls the whole lookup
         # (measured p99 23-40 ms vs 4 ms at 2048 rows on the shared 2-core VM).
-        sims = np.einsum("ij,j->i", self._matrix[:n], q)
-        if k < n:
+        sims = np.einsum("ij,j->i", cand, q)
+        if k < len(sims):
             top = np.argpartition(-sims, k - 1)[:k]
             top = top[np.argsort(-sims[top])]
         else:
             top = np.argsort(-sims)
-        return [(int(self._labels[i]), float(sims[i])) for i in top]
+        return [(int(self._labels[rows[i]]), float(sims[i])) for i in top]
 
     @staticmethod
-    def _new_hnsw_for(dim: int) -> Index:
+    def _ef(n: int) -> int:
+        """Graph search breadth for a partition of ``n`` vectors: ``HNSW_EXPANSION_SEARCH``
+        at 100k, growing as n^0.3 (x2 per decade), never below ``CANDIDATES``."""
+        return max(CANDIDATES, round(HNSW_EXPANSION_SEARCH * (n / 100_000) ** 0.3))
+
+    def _reduce(self, vectors: np.ndarray) -> np.ndarray:
+        """Graph coordinates: centred, projected on the principal axes, scaled for int8."""
+        return np.asarray((vectors - self._mean) @ self._proj, dtype=np.float32)
+
+    def _fit(self, vectors: np.ndarray) -> None:
+        """PCA of the partition's vectors (a sample), with the int8 scale folded into the
+        projection so typical coordinates use the int8 range without clipping."""
+        rng = np.random.default_rng(0)
+        sample = vectors if len(vectors) <= PCA_SAMPLE else vectors[
+            np.sort(rng.choice(len(vectors), PCA_SAMPLE, replace=False))]
+        sample = np.asarray(sample, dtype=np.float64)
+        mean = sample.mean(axis=0)
+        eigval, eigvec = np.linalg.eigh(np.cov((sample - mean).T))
+        axes = eigvec[:, np.argsort(-eigval)[: min(REDUCED_DIM, self.dim)]]
+        coords = (sample - mean) @ axes
+        scale = 1.0 / max(float(np.abs(coords).max()) * 1.25, 1e-12)
+        self._mean = mean.astype(np.float32)
+        self._proj = (axes * scale).astype(np.float32)
+
+    @staticmethod
+    def _new_hnsw_for(ndim: int) -> Index:
         return Index(
-            ndim=dim, metric="cos", dtype=HNSW_DTYPE, connectivity=HNSW_CONNECTIVITY,
+            ndim=ndim, metric="l2sq", dtype=HNSW_DTYPE, connectivity=HNSW_CONNECTIVITY,
             expansion_add=HNSW_EXPANSION_ADD, expansion_search=HNSW_EXPANSION_SEARCH,
         )
 
-    def _new_hnsw(self) -> Index:
-        return self._new_hnsw_for(self.dim)
-
     def _to_hnsw(self) -> None:
         n = len(self._rows)
-        index = self._new_hnsw()
-        index.add(self._labels[:n].copy(), self._matrix[:n].copy())
+        vectors = self._matrix[:n]
+        self._fit(vectors)
+        index = self._new_hnsw_for(self._proj.shape[1])
+        index.add(self._labels[:n].copy(), self._reduce(vectors))
         self._hnsw = index
-        self._matrix = np.zeros((0, self.dim), dtype=np.float32)
-        self._labels = np.zeros(0, dtype=np.int64)
-        self._rows = {}
+        self._matrix = self._matrix.astype(np.float16)
+
+    @staticmethod
+    def _sidecar(path: Path) -> Path:
+        return path.with_name(path.name + ".vectors.npz")
 
     def save(self, path: Path) -> bool:
-        """Persist an HNSW partition (small exact ones are cheap to rebuild: not saved)."""
+        """Persist a graph partition: the graph at ``path``, the float16 vectors and the
+        projection beside it (small exact partitions are cheap to rebuild: not saved)."""
         if self._hnsw is None:
             return False
         self._hnsw.save(str(path))
+        n = len(self._rows)
+        with open(self._sidecar(path), "wb") as fh:
+            np.savez(fh, format=np.array(SAVE_FORMAT), labels=self._labels[:n],
+                     vectors=self._matrix[:n], mean=self._mean, proj=self._proj)
         return True
 
     @classmethod
     def load(cls, path: Path, dim: int, hnsw_from: int) -> PartitionIndex:
-        """Memory-load a saved partition. ``Index.restore`` takes the file's own settings
-        (a file saved by an older version with another dtype still loads); a file for
-        another dimension is refused so the caller rebuilds from its rows."""
+        """Memory-load a saved partition. A file of another layout or dimension, or a graph
+        and vectors that disagree, is refused (``ValueError``) so the caller rebuilds the
+        partition from its rows."""
         part = cls(dim, hnsw_from)
+        side = cls._sidecar(path)
+        if not side.exists():
+            raise ValueError(f"{path}: no saved vectors (older index layout)")
+        with np.load(side) as z:
+            if int(z["format"]) != SAVE_FORMAT:
+                raise ValueError(f"{side}: saved in layout {int(z['format'])}")
+            labels, vectors = z["labels"], z["vectors"]
+            mean, proj = z["mean"], z["proj"]
         index = Index.restore(str(path))
-        if index is None or index.ndim != dim:
+        if (index is None or vectors.ndim != 2 or vectors.shape[1] != dim
+                or proj.shape != (dim, index.ndim) or len(index) != len(labels)
+                or not bool(np.all(index.contains(labels)))):
             raise ValueError(f"{path} is not a usable {dim}-dim index")
-        index.expansion_search = HNSW_EXPANSION_SEARCH  # type: ignore[misc]  # has a setter
         part._hnsw = index
-        part._matrix = np.zeros((0, dim), dtype=np.float32)
-        part._labels = np.zeros(0, dtype=np.int64)
+        part._matrix = np.ascontiguousarray(vectors, dtype=np.float16)
+        part._labels = np.asarray(labels, dtype=np.int64).copy()
+        part._rows = {int(label): i for i, label in enumerate(part._labels)}
+        part._mean = np.asarray(mean, dtype=np.float32)
+        part._proj = np.asarray(proj, dtype=np.float32)
         return part
 
     def memory_bytes(self) -> int:
-        if self._hnsw is not None:
-            return int(self._hnsw.memory_usage)
-        return int(self._matrix.nbytes + self._labels.nbytes) + 100 * len(self._rows)
+        graph = int(self._hnsw.memory_usage) if self._hnsw is not None else 0
+        return graph + int(self._matrix.nbytes + self._labels.nbytes) + 100 * len(self._rows)
 
 
 class VectorIndex:
