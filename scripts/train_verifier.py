@@ -42,7 +42,10 @@ from reprise.cache.verifier import (  # noqa: E402
 )
 
 OUT = ROOT / "src" / "reprise" / "cache"
-SAMPLE = {"qqp": 10000, "lcqmc": None, "bq": 6000, "assin": None}
+# QQP 40k in full: its held-out fifth (8,000 pairs) is where the QQP precision floor is
+# checked, and a 2,000-pair held-out part (the 10k sample used before) let the chosen
+# operating point sit on a lucky estimate (0.862 held out, 0.806 on the report split).
+SAMPLE: dict[str, int | None] = {"qqp": None, "lcqmc": None, "bq": 6000, "assin": None}
 # Long paraphrases (whole rewritten sentences, like GPTCache's ChatGPT rewrites) are rare in
 # the tuning splits: ASSIN 2 dev is the only sentence-level set and has 206 duplicates. Two
 # ASSIN pairs joined side by side make a longer pair ("assin-long"): duplicate when both
@@ -188,7 +191,10 @@ def main() -> None:
                     help="embed the raw texts (experiments only; the cache embeds "
                     "embedding_text)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--qqp", type=int, default=0,
+                    help="sample this many QQP 40k pairs (experiments; default 0 = all)")
     args = ap.parse_args()
+    SAMPLE["qqp"] = args.qqp or None
     if not sd.DATA.exists():
         sys.exit(f"evaluation data not found at {sd.DATA}")
     t0 = time.time()
@@ -307,14 +313,16 @@ def write_card(
         for r in rows
     )
     feature_list = "\n".join(f"{i + 1}. `{n}`" for i, n in enumerate(FEATURES))
+    qqp_rows = ("all 40,000 pairs" if SAMPLE["qqp"] is None
+                else f"fixed-seed sample of {SAMPLE['qqp']}")
     path.write_text(f"""# Semantic-cache verifier: weights card
 
 Written by `scripts/train_verifier.py` (rerun it to reproduce; the numbers below are from
 that run). Weights: `verifier_weights.json` (numpy inference in `verifier.py`).
 
 ## Training data — tuning splits only
-Sources (in `<project>/../shared/data`): QQP `qqp/qqp_pairs_40k.tsv` (fixed-seed sample of
-{SAMPLE['qqp']}), LCQMC `dev.txt` (all), BQ `dev.csv` (sample of {SAMPLE['bq']}), ASSIN 2
+Sources (in `<project>/../shared/data`): QQP `qqp/qqp_pairs_40k.tsv` ({qqp_rows}),
+LCQMC `dev.txt` (all), BQ `dev.csv` (sample of {SAMPLE['bq']}), ASSIN 2
 `assin2-dev.xml` (all; duplicate = similarity ≥ {sd.ASSIN_POSITIVE_SIMILARITY}). Samples use
 `random.Random(13)`. No report split (QQP outside the 40k, LCQMC/BQ/ASSIN test,
 GPTCache mock data) is read. Texts are embedded as {'the raw text (experiment run)' if raw

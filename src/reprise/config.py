@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     cache_max_bytes: int = 512 * 1024 * 1024
     default_namespace: str = "default"
     semantic_enabled: bool = True
-    semantic_threshold: float = 0.79  # cosine floor, calibrated with the verifier's cutoffs
+    semantic_threshold: float = 0.81  # cosine floor, calibrated with the verifier's cutoffs
     semantic_top_k: int = 5
     semantic_max_chars: int = 2000
     # The verifier's second opinion (multilingual-e5-small, needs the `e5` extra), embedded
