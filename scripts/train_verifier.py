@@ -208,7 +208,8 @@ def main() -> None:
                       for p, c, e in zip(pairs, cos, e5, strict=True)])
     y = np.array([p.label for p in pairs], dtype=np.float64)
     names = np.array(sets)
-    long = np.array([min_words(p.q2, p.q1) >= LONG_WORDS for p in pairs])
+    words = np.array([min_words(p.q2, p.q1) for p in pairs])
+    long = words >= LONG_WORDS
     print(f"features in {time.time() - t0:.0f}s", flush=True)
 
     train = ~held & seen
@@ -274,10 +275,11 @@ def main() -> None:
         pg, rg = pr((cos[sel] >= thr) & guard_ok[sel], y[sel])
         pv, rv = pr(decision[sel], y[sel])
         rows.append((name, int(sel.sum()), pc, rc, pg, rg, pv, rv))
+    strata = length_strata(names, y, cos >= thr, guard_ok, e5, words)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "verifier_weights.json").write_text(json.dumps(model, indent=1) + "\n")
     write_card(args.out / "verifier_weights.md", pairs, sets, train, rows, thr, cut, cut_long,
-               e5_range,
+               e5_range, strata,
                args.hidden, args.epochs, args.raw)
     for r in rows:
         name, n, pc, rc, pg, rg, pv, rv = r
@@ -285,6 +287,39 @@ def main() -> None:
               f"| +verifier P={pv:.3f} R={rv:.3f}")
     print(f"threshold={thr:.2f} cutoff={cut:.2f} cutoff_long={cut_long:.2f} "
           f"({time.time() - t0:.0f}s)")
+
+
+STRATA_WORDS = ((0, 10), (10, 16), (16, 10**6))
+STRATA_E5 = (0.95, 0.97, 0.98, 0.99)
+
+
+def length_strata(names: np.ndarray, y: np.ndarray, above: np.ndarray, guard_ok: np.ndarray,
+                  e5: np.ndarray, words: np.ndarray) -> str:
+    """Markdown rows: precision / share of the group's duplicates kept, by length group and
+    e5 similarity, over all pairs of each set that pass the cosine floor and the guards.
+
+    Why it is in the card: long rewritten statements (GPTCache's ChatGPT paraphrases) have
+    e5 similarities of about 0.95-0.99, and accepting them more freely would be the obvious
+    way to raise paraphrase recall. These rows are the tuning data's answer: on QQP, long
+    pairs at the same e5 similarity are *less* often duplicates than short ones.
+    """
+    out = []
+    for name in ("qqp", "lcqmc", "assin", "assin-long"):
+        for lo, hi in STRATA_WORDS:
+            group = (names == name) & (words >= lo) & (words < hi)
+            sel = group & above & guard_ok
+            if sel.sum() < 20:
+                continue
+            cells = []
+            for t in STRATA_E5:
+                acc = sel & (np.nan_to_num(e5) >= t)
+                prec = float(y[acc].mean()) if acc.any() else float("nan")
+                rec = float(y[acc].sum() / max(y[group].sum(), 1))
+                cells.append(f"{prec:.2f} / {rec:.2f}")
+            span = f"{lo}–{hi - 1}" if hi < 10**6 else f"{lo}+"
+            out.append(f"| {name} | {span} | {int(sel.sum())} | {float(y[sel].mean()):.2f} | "
+                       + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def write_card(
@@ -297,6 +332,7 @@ def write_card(
     cut: float,
     cut_long: float,
     e5_range: list[float],
+    strata: str,
     hidden: int,
     epochs: int,
     raw: bool,
@@ -313,6 +349,7 @@ def write_card(
         for r in rows
     )
     feature_list = "\n".join(f"{i + 1}. `{n}`" for i, n in enumerate(FEATURES))
+    e5_head = " | ".join(f"e5 ≥ {t}" for t in STRATA_E5)
     qqp_rows = ("all 40,000 pairs" if SAMPLE["qqp"] is None
                 else f"fixed-seed sample of {SAMPLE['qqp']}")
     path.write_text(f"""# Semantic-cache verifier: weights card
@@ -384,6 +421,26 @@ threshold t moves both cutoffs by {SLOPE} × (t − {thr:.2f}), clipped to [0, 1
 | set | held-out pairs | cosine ≥ {thr:.2f}: P / R | + guards: P / R | + verifier: P / R |
 | --- | --- | --- | --- | --- |
 {metric_rows}
+
+## Long rewrites: why they are not accepted more freely
+GPTCache's `mock_data.json` paraphrases (a report set, never read by this script; its e5
+similarities were looked at once, to explain its recall) are long rewritten statements
+whose e5 similarity is mostly 0.95–0.99, and the shipped verifier accepts fewer
+than half of them. Accepting long pairs on e5 similarity alone would be the obvious fix. The
+tuning data says it would cost precision: all pairs of each tuning set that pass the cosine
+floor ({thr:.2f}) and the guards, by the shorter side's length in words, precision / share of
+the group's duplicates kept at each e5 similarity:
+
+| set | words | pairs | P (floor + guards) | {e5_head} |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{strata}
+
+On QQP, the set with the precision target, long questions at a given e5 similarity are
+duplicates *less* often than short ones (its labels are noisy, but they are what the target
+is measured on). Accepting long pairs on e5 ≥ 0.95–0.97, where most long paraphrases sit,
+would hold QQP precision only at about 0.7–0.8 there, and the precision floor above would
+then have to be paid for with fewer short hits. The trade-off is left to the caller:
+`X-Reprise-Threshold` below the default relaxes the cosine floor and both cutoffs.
 """, encoding="utf-8")
 
 
