@@ -20,6 +20,8 @@ what the cache serves. Results: ``bench/results/semantic.md`` and ``semantic_pr.
 SQLite; ``semantic_redis.md`` / ``semantic_memory.md`` for the others, which also compare
 their default-threshold numbers with the SQLite run (its per-pair decisions are kept under
 ``.cache/bench`` so the comparison can count the pairs served differently).
+``--no-e5`` measures the verifier without its second embedder (the fast, stricter setting
+``REPRISE_SEMANTIC_VERIFIER_E5=false``) into ``semantic_no_e5_<store>.md``.
 """
 
 from __future__ import annotations
@@ -477,6 +479,9 @@ async def main() -> None:
     ap.add_argument("--redis-url", default="",
                     help="--store redis: use this Redis Stack server instead of starting one")
     ap.add_argument("--cache-dir", type=Path, default=sd.CACHE_DIR)
+    ap.add_argument("--no-e5", action="store_true",
+                    help="the verifier without its e5 similarity, as with "
+                    "REPRISE_SEMANTIC_VERIFIER_E5=false (writes semantic_no_e5.md)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if not sd.DATA.exists():
@@ -503,7 +508,7 @@ async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
     # The shipped default, not whatever REPRISE_* variables say on this machine.
     thr = float(Settings.model_fields["semantic_threshold"].default)
     cached_e5 = CachedE5(args.cache_dir)
-    e5 = E5Similarity(lambda: cached_e5, cache_size=1 << 20)
+    e5 = None if args.no_e5 else E5Similarity(lambda: cached_e5, cache_size=1 << 20)
     store = open_store(args.store, tmp, embedder.dim, redis_url)
     lookup = SemanticLookup(store, embedder, verifier, threshold=thr, e5=e5)
     results: dict[str, Outcomes] = {}
@@ -537,10 +542,19 @@ async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
     finally:
         await store.clear()
         await store.close()
-    plot_name = "semantic_pr.png" if args.store == "sqlite" else None
+    plot_name = "semantic_pr.png" if args.store == "sqlite" and not args.no_e5 else None
     md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0, args.store,
                 plot_name)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.no_e5:
+        # A variant, not the shipped default: its own file, no per-pair decisions kept.
+        md = md.replace("(USE embedder, guards + learned verifier)",
+                        "(USE embedder, guards + learned verifier **without its e5 "
+                        "similarity**: `REPRISE_SEMANTIC_VERIFIER_E5=false`, where a candidate "
+                        "the verifier cannot decide without e5 is judged at its lowest score)")
+        (args.out / f"semantic_no_e5_{args.store}.md").write_text(md, encoding="utf-8")
+        print(md)
+        return
     if args.store == "sqlite":
         md_path = args.out / "semantic.md"
     else:
