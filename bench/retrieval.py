@@ -526,7 +526,11 @@ async def gate_points(retr: HybridRetriever, texts: list[str], qv: np.ndarray,
 def calibrate_gate(pos: list[list[tuple[float, float]]], neg: list[list[tuple[float, float]]],
                    lines: list[str], label: str) -> tuple[float, float, float]:
     """Grid over (strong, weak, coverage): most positives kept with >= 95 % of the
-    off-topic questions refused. A query is kept when any of its points passes."""
+    off-topic questions refused. A query is kept when any of its points passes.
+
+    When no point refuses that many, the one refusing most is chosen (then most kept): a
+    gate that lets off-topic questions through fails at its one job, however many positives
+    it keeps (an earlier version fell back to "most kept" and chose a gate refusing 13 %)."""
     from reprise.rag.retrieve import RelevanceGate
 
     pos = [p for p in pos if p]
@@ -544,7 +548,7 @@ def calibrate_gate(pos: list[list[tuple[float, float]]], neg: list[list[tuple[fl
                 refused = sum(not passes(n) for n in neg) / max(len(neg), 1)
                 rows.append((kept if refused >= 0.95 else -1.0, kept, refused,
                              (strong, weak, cov)))
-    rows.sort(key=lambda r: (-r[0], -r[1]))
+    rows.sort(key=lambda r: (-r[0], -r[2], -r[1]))
     lines += [f"### Relevance gate on {label}", "",
               f"{len(pos)} SciFact train claims with a gold chunk in the top 30 (positives); "
               f"{len(neg)} QQP questions asked of SciFact (off-topic). Best rows:", "",
@@ -553,6 +557,9 @@ def calibrate_gate(pos: list[list[tuple[float, float]]], neg: list[list[tuple[fl
     for _, kept, refused, (a, b, c) in rows[:8]:
         lines.append(f"| {a} | {b} | {c} | {kept:.3f} | {refused:.3f} |")
     lines.append("")
+    if rows[0][0] < 0:
+        lines += ["No point refuses 95 % of the off-topic questions: the one refusing most is "
+                  "chosen.", ""]
     return rows[0][3]
 
 

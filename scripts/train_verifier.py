@@ -20,6 +20,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ OUT = ROOT / "src" / "reprise" / "cache"
 # QQP 40k in full: its held-out fifth (8,000 pairs) is where the QQP precision floor is
 # checked, and a 2,000-pair held-out part (the 10k sample used before) let the chosen
 # operating point sit on a lucky estimate (0.862 held out, 0.806 on the report split).
-SAMPLE: dict[str, int | None] = {"qqp": None, "lcqmc": None, "bq": 6000, "assin": None}
+SAMPLE: Mapping[str, int | None] = {"qqp": None, "lcqmc": None, "bq": 6000, "assin": None}
 # Long paraphrases (whole rewritten sentences, like GPTCache's ChatGPT rewrites) are rare in
 # the tuning splits: ASSIN 2 dev is the only sentence-level set and has 206 duplicates. Two
 # ASSIN pairs joined side by side make a longer pair ("assin-long"): duplicate when both
@@ -91,7 +92,8 @@ def long_pairs(pairs: list[sd.Pair], held: list[bool], seed: int = 5) -> list[tu
     return out
 
 
-def load(cache_dir: Path, normalise: bool) -> tuple[list[sd.Pair], list[str], np.ndarray,
+def load(cache_dir: Path, normalise: bool, sample: Mapping[str, int | None] = SAMPLE
+         ) -> tuple[list[sd.Pair], list[str], np.ndarray,
                                                      np.ndarray]:
     """Tuning pairs, their set names, USE cosines and the held-out mask (fixed seeds)."""
     from reprise.embed.use import UseEmbedder
@@ -99,7 +101,7 @@ def load(cache_dir: Path, normalise: bool) -> tuple[list[sd.Pair], list[str], np
     pairs: list[sd.Pair] = []
     sets: list[str] = []
     for name, loader in sd.TUNING.items():
-        chosen = sd.sample(loader(), SAMPLE[name])
+        chosen = sd.sample(loader(), sample[name])
         pairs += chosen
         sets += [name] * len(chosen)
     rng = np.random.default_rng(42)
@@ -194,11 +196,11 @@ def main() -> None:
     ap.add_argument("--qqp", type=int, default=0,
                     help="sample this many QQP 40k pairs (experiments; default 0 = all)")
     args = ap.parse_args()
-    SAMPLE["qqp"] = args.qqp or None
+    sample = {**SAMPLE, "qqp": args.qqp or None}
     if not sd.DATA.exists():
         sys.exit(f"evaluation data not found at {sd.DATA}")
     t0 = time.time()
-    pairs, sets, cos, held = load(args.cache_dir, not args.raw)
+    pairs, sets, cos, held = load(args.cache_dir, not args.raw, sample)
     print(f"embedded {len(pairs)} pairs in {time.time() - t0:.0f}s", flush=True)
     guard_ok = np.array([run_guards(p.q2, p.q1).ok for p in pairs])
     seen = (cos >= COS_FLOOR_TRAIN) & guard_ok  # what the verifier is ever asked about
@@ -221,7 +223,7 @@ def main() -> None:
     # Verifier.bounds scans it when the similarity is not computed yet.
     e5_range = [float(v) for v in np.quantile(e5[train], [0.005, 0.995])]
     x = feats.copy()
-    x[:, E5] = np.clip(np.nan_to_num(x[:, E5], nan=e5_range[0]), *e5_range)
+    x[:, E5] = np.clip(np.nan_to_num(x[:, E5], nan=e5_range[0]), e5_range[0], e5_range[1])
     mean = x[train].mean(axis=0)
     std = x[train].std(axis=0)
     std[std < 1e-6] = 1.0
@@ -279,7 +281,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "verifier_weights.json").write_text(json.dumps(model, indent=1) + "\n")
     write_card(args.out / "verifier_weights.md", pairs, sets, train, rows, thr, cut, cut_long,
-               e5_range, strata,
+               e5_range, strata, sample,
                args.hidden, args.epochs, args.raw)
     for r in rows:
         name, n, pc, rc, pg, rg, pv, rv = r
@@ -333,6 +335,7 @@ def write_card(
     cut_long: float,
     e5_range: list[float],
     strata: str,
+    sample: Mapping[str, int | None],
     hidden: int,
     epochs: int,
     raw: bool,
@@ -350,8 +353,8 @@ def write_card(
     )
     feature_list = "\n".join(f"{i + 1}. `{n}`" for i, n in enumerate(FEATURES))
     e5_head = " | ".join(f"e5 ≥ {t}" for t in STRATA_E5)
-    qqp_rows = ("all 40,000 pairs" if SAMPLE["qqp"] is None
-                else f"fixed-seed sample of {SAMPLE['qqp']}")
+    qqp_rows = ("all 40,000 pairs" if sample["qqp"] is None
+                else f"fixed-seed sample of {sample['qqp']}")
     path.write_text(f"""# Semantic-cache verifier: weights card
 
 Written by `scripts/train_verifier.py` (rerun it to reproduce; the numbers below are from
@@ -359,7 +362,7 @@ that run). Weights: `verifier_weights.json` (numpy inference in `verifier.py`).
 
 ## Training data — tuning splits only
 Sources (in `<project>/../shared/data`): QQP `qqp/qqp_pairs_40k.tsv` ({qqp_rows}),
-LCQMC `dev.txt` (all), BQ `dev.csv` (sample of {SAMPLE['bq']}), ASSIN 2
+LCQMC `dev.txt` (all), BQ `dev.csv` (sample of {sample['bq']}), ASSIN 2
 `assin2-dev.xml` (all; duplicate = similarity ≥ {sd.ASSIN_POSITIVE_SIMILARITY}). Samples use
 `random.Random(13)`. No report split (QQP outside the 40k, LCQMC/BQ/ASSIN test,
 GPTCache mock data) is read. Texts are embedded as {'the raw text (experiment run)' if raw

@@ -221,3 +221,28 @@ def test_unusable_saved_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "q.usearch.vectors.npz").replace(tmp_path / "p.usearch.vectors.npz")
     with pytest.raises(ValueError):
         PartitionIndex.load(path, dim, 1000)
+
+
+def test_full_dimension_graph_for_top_k_retrieval(tmp_path: Path) -> None:
+    """``reduced_dim=None`` (document retrieval's chunk index) keeps every dimension: the
+    projection is a rotation, a top-100 is as good as an exact scan's, and a saved file
+    of one kind is refused by the other, so the caller rebuilds instead of mixing them."""
+    dim = 96
+    vectors = _spread(4000, dim, 11)
+    index = PartitionIndex(dim, hnsw_from=1000, reduced_dim=None)
+    index.add(np.arange(4000), vectors)
+    assert index.is_hnsw and index._proj.shape == (dim, dim)
+    rng = np.random.default_rng(5)
+    overlap = []
+    for i in rng.choice(4000, 50, replace=False):
+        q = vectors[i] + 0.05 * rng.standard_normal(dim).astype(np.float32)
+        q /= np.linalg.norm(q)
+        got = {label for label, _ in index.search(q, 100)}
+        exact = set(np.argsort(-(vectors @ q))[:100].tolist())
+        overlap.append(len(got & exact) / 100)
+    assert float(np.mean(overlap)) >= 0.95
+    path = tmp_path / "full.usearch"
+    assert index.save(path)
+    assert PartitionIndex.load(path, dim, 1000, None)._proj.shape == (dim, dim)
+    with pytest.raises(ValueError):
+        PartitionIndex.load(path, dim, 1000)  # a reduced index was asked for

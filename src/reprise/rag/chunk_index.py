@@ -258,11 +258,12 @@ class SQLiteChunkIndex:
         index: PartitionIndex | None = None
         if saved is not None and int(saved[0]) == version and path.exists():
             try:
-                index = PartitionIndex.load(path, self.dim, self.hnsw_from)
+                index = PartitionIndex.load(path, self.dim, self.hnsw_from, None)
             except (OSError, RuntimeError, ValueError) as exc:  # a damaged file: rebuild
                 log.warning("rebuilding the vector index of a collection: %s", exc)
         if index is None:
-            index = PartitionIndex(self.dim, self.hnsw_from)
+            # Full dimension: retrieval ranks a top 100, not one nearest entry.
+            index = PartitionIndex(self.dim, self.hnsw_from, reduced_dim=None)
             ids: list[int] = []
             blobs: list[bytes] = []
             for row_id, blob in db.execute("SELECT id, vector FROM chunks WHERE coll=?", (key,)):
