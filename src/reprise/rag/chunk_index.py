@@ -79,6 +79,14 @@ class IndexUnavailable(RagError):
         super().__init__(503, message, "index_unavailable")
 
 
+# Collections up to this many chunks are searched exactly (a matrix scan: ~2 ms per 10k
+# e5 chunks on one core, small beside the ~50 ms of a retrieval). Retrieval ranks a top
+# 100, and an approximate graph loses part of it: on SciFact test (10,758 chunks) the USE
+# dense leg's recall@100 was 0.764 exact and 0.751 through the graph, hybrid nDCG@10
+# 0.680 vs 0.665. Larger collections still get the graph.
+EXACT_UP_TO = 50_000
+
+
 @runtime_checkable
 class ChunkIndex(Protocol):
     dim: int
@@ -138,7 +146,7 @@ class SQLiteChunkIndex:
     and index work runs on one worker thread, which also serialises writes.
     """
 
-    def __init__(self, path: Path, dim: int, *, hnsw_from: int = 2048,
+    def __init__(self, path: Path, dim: int, *, hnsw_from: int = EXACT_UP_TO,
                  bm25_collections: int = 32) -> None:
         self.path = Path(path)
         self.dim = dim
