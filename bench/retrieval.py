@@ -51,6 +51,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import platform
 import random
 import sqlite3
@@ -673,8 +674,8 @@ async def run(args: argparse.Namespace) -> None:
 
     lines = ["# Retrieval (document chat)", "",
              f"Machine: {platform.machine()}, Python {platform.python_version()}, shared "
-             "2-core box (load average 6-11 from other jobs while this ran: latencies are "
-             "noisy upper bounds). Chunks: "
+             f"2-core box (load average {os.getloadavg()[0]:.1f} when this run started: "
+             "latencies are noisy upper bounds). Chunks: "
              f"{CHUNK_TOKENS} tokens, {OVERLAP} overlap; a document ranks by its best chunk. "
              "Produced by `bench/retrieval.py`.", ""]
     corpus, train, test = scifact(args.limit)
