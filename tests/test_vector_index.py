@@ -153,7 +153,10 @@ def test_small_dimension_keeps_all_components() -> None:
     index = PartitionIndex(16, hnsw_from=1000)
     index.add(np.arange(1500), vectors)
     assert index.is_hnsw and index._proj.shape == (16, 16)
-    assert all(index.search(vectors[i], 1)[0][0] == i for i in range(0, 1500, 11))
+    # usearch builds the graph on several threads, so a run may miss a neighbour or two
+    # (measured 0-2 of 137); a projection that dropped components would miss far more.
+    found = [index.search(vectors[i], 1)[0][0] == i for i in range(0, 1500, 11)]
+    assert float(np.mean(found)) >= 0.97
 
 
 def test_k_larger_than_candidates_and_partition() -> None:
@@ -240,7 +243,9 @@ def test_full_dimension_graph_for_top_k_retrieval(tmp_path: Path) -> None:
         got = {label for label, _ in index.search(q, 100)}
         exact = set(np.argsort(-(vectors @ q))[:100].tolist())
         overlap.append(len(got & exact) / 100)
-    assert float(np.mean(overlap)) >= 0.95
+    # ~0.952 over repeated builds (the threaded build varies; 0.947 once under load); the
+    # 64-component graph on these vectors gives 0.87, an exact scan 1.0.
+    assert float(np.mean(overlap)) >= 0.92
     path = tmp_path / "full.usearch"
     assert index.save(path)
     assert PartitionIndex.load(path, dim, 1000, None)._proj.shape == (dim, dim)
