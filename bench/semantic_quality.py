@@ -292,8 +292,14 @@ def default_numbers(o: Outcomes) -> tuple[float, float, float]:
     return strict, labelled, tp / max(o.positives, 1)
 
 
+PIPELINE = "USE embedder, guards + learned verifier"
+PIPELINE_NO_E5 = (PIPELINE + " **without its e5 similarity**: "
+                  "`REPRISE_SEMANTIC_VERIFIER_E5=false`, where a candidate the verifier cannot "
+                  "decide without e5 is judged at its lowest score")
+
+
 def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int,
-           seconds: float, store: str, plot_name: str | None) -> str:
+           seconds: float, store: str, plot_name: str | None, pipeline: str = PIPELINE) -> str:
     lines = [
         f"# Semantic cache quality — {STORE_NAMES[store]} store",
         "",
@@ -301,7 +307,7 @@ def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int
         "protocol by the real `SemanticLookup`.",
         "",
         f"Shipped default: cosine threshold **{thr:.2f}**, verifier cutoff **{cutoff:.2f}** "
-        "(USE embedder, guards + learned verifier). Report splits only; "
+        f"({pipeline}). Report splits only; "
         f"up to {n_pairs} pairs per set (fixed seed 13), each asked against a partition of "
         f"{FILLERS:,} other questions of the same set plus the stored first question. "
         "ASSIN duplicate = similarity ≥ 4.5. mock_data.json: all 964 origins stored with the "
@@ -481,7 +487,7 @@ async def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=sd.CACHE_DIR)
     ap.add_argument("--no-e5", action="store_true",
                     help="the verifier without its e5 similarity, as with "
-                    "REPRISE_SEMANTIC_VERIFIER_E5=false (writes semantic_no_e5.md)")
+                    "REPRISE_SEMANTIC_VERIFIER_E5=false (writes semantic_no_e5_<store>.md)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if not sd.DATA.exists():
@@ -544,14 +550,10 @@ async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
         await store.close()
     plot_name = "semantic_pr.png" if args.store == "sqlite" and not args.no_e5 else None
     md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0, args.store,
-                plot_name)
+                plot_name, PIPELINE_NO_E5 if args.no_e5 else PIPELINE)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.no_e5:
         # A variant, not the shipped default: its own file, no per-pair decisions kept.
-        md = md.replace("(USE embedder, guards + learned verifier)",
-                        "(USE embedder, guards + learned verifier **without its e5 "
-                        "similarity**: `REPRISE_SEMANTIC_VERIFIER_E5=false`, where a candidate "
-                        "the verifier cannot decide without e5 is judged at its lowest score)")
         (args.out / f"semantic_no_e5_{args.store}.md").write_text(md, encoding="utf-8")
         print(md)
         return
