@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS := e5,rag,ui,embedded,redis,langchain,dev
 
-.PHONY: run test install lint typecheck bench clean
+.PHONY: run test install engine lint typecheck bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -17,12 +17,17 @@ $(STAMP): pyproject.toml Makefile
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) engine
 
-run: $(STAMP)
+# Reprise's faster build of the e5 engine (reprise/embed/e5_engine.py): a no-op when this
+# exact build exists; without a C compiler it says so and the stock engine is used.
+engine: $(STAMP)
+	@$(BIN)/python -m reprise.embed.e5_engine build
+
+run: $(STAMP) engine
 	$(BIN)/reprise up
 
-test: $(STAMP)
+test: $(STAMP) engine
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)

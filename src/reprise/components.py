@@ -78,6 +78,7 @@ def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
         model=settings.embeddings_model,
         api_key=settings.embeddings_api_key,
         threads=settings.compute_threads,
+        e5_engine=settings.e5_engine,
     )
 
 

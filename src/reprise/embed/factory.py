@@ -14,6 +14,7 @@ def make_embedder(
     flavor: str | None = None,
     dim: int | None = None,
     threads: int | None = None,
+    e5_engine: str = "auto",
 ) -> Embedder:
     """One embedder, model loaded now (not on the first request).
 
@@ -27,7 +28,7 @@ def make_embedder(
     if kind == "e5":
         from reprise.embed.e5 import E5Embedder
 
-        return E5Embedder(threads=threads)
+        return E5Embedder(threads=threads, engine=e5_engine)
     if kind == "remote":
         from reprise.embed.remote import RemoteEmbedder
 
