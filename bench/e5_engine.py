@@ -5,7 +5,7 @@
 Writes ``bench/results/e5_engine.md``. Both engines load the same model file in one process
 and take turns on the same texts (interleaved, so the shared machine's slow moments hit
 both). Texts: first questions of the QQP 40k tuning file and of LCQMC dev (short questions,
-the verifier's case) and chunks of the sample documents (passages, the ingestion case);
+the verifier's case) and chunks of the sample documents (the Portuguese and Chinese Markdown samples; passages, the ingestion case);
 without ``../shared/data``, a fixed list of questions and this repository's README.
 """
 
@@ -44,7 +44,7 @@ def questions(n: int) -> list[str]:
 
 
 def passages(n: int, chars: int = 1000) -> list[str]:
-    docs = sorted((sd.DATA / "docs").glob("**/*.md")) if sd.DATA.exists() else []
+    docs = sorted((sd.DATA / "documents" / "md").glob("*.md")) if sd.DATA.exists() else []
     text = " ".join(p.read_text(encoding="utf-8", errors="replace") for p in docs) or (
         ROOT / "README.md").read_text(encoding="utf-8")
     text = " ".join(text.split())

