@@ -5,8 +5,9 @@
 Writes ``bench/results/e5_engine.md``. Both engines load the same model file in one process
 and take turns on the same texts (interleaved, so the shared machine's slow moments hit
 both). Texts: first questions of the QQP 40k tuning file and of LCQMC dev (short questions,
-the verifier's case) and chunks of the sample documents (the Portuguese and Chinese Markdown samples; passages, the ingestion case);
-without ``../shared/data``, a fixed list of questions and this repository's README.
+the verifier's case) and chunks of the Portuguese and Chinese Markdown sample documents
+(passages, the ingestion case); without ``../shared/data``, a fixed list of questions
+and this repository's README.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def render(rows: list[tuple[int, str, float, float, float]], self_q: np.ndarray,
         " one process, the two engines taking turns on each text. Questions: "
         f"{n_q} first questions of the QQP 40k and LCQMC dev tuning files, one per call (the "
         f"verifier's e5 pass); passages: {n_p} chunks of ~1,000 characters of the sample "
-        "documents, 32 per call (ingestion).", "",
+        "documents (pt and zh Markdown), 32 per call (ingestion).", "",
         "| OpenMP threads | engine | question p50 ms | question p99 ms | passages / s |",
         "| ---: | --- | ---: | ---: | ---: |",
     ]
