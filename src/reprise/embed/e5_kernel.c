@@ -20,11 +20,7 @@
 #if defined(__AVX2__)
 /* One block (32 weights x 32 activations) -> 8 int32 lane partial sums. */
 static inline __m256i block_dot(__m256i w, __m256i a) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
-#else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
-#endif
 }
 /* Four blocks' lane vectors -> their four sums, in block order. */
 static inline __m128i sum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
