@@ -142,7 +142,7 @@ class CachedE5:
         if self._model is None:
             from reprise.embed.e5 import E5Embedder
 
-            self._model = E5Embedder(engine=self.engine if self.engine == "stock" else "auto")
+            self._model = E5Embedder()  # `auto`: the engine ``locate`` found above
             assert self._model.engine == self.engine
         return np.asarray(self._model.embed_sync(texts, "query"))
 
