@@ -50,9 +50,40 @@ EDITS: tuple[tuple[str, str], ...] = (
         "#undef RO\n",
         "#undef RO\n\n/* ---- reprise: e5_kernel.c ---- */\n@KERNEL@\n",
     ),
+    (  # each layer keeps its weights repacked for the AVX-512 path (NULL where not used)
+        "    const float *qb, *kb, *vb, *aob, *aln_w, *aln_b, *fib, *fob, *oln_w, *oln_b;\n"
+        "} layer_t;\n",
+        "    const float *qb, *kb, *vb, *aob, *aln_w, *aln_b, *fib, *fob, *oln_w, *oln_b;\n"
+        "    void *rp[6]; /* reprise: qw kw vw aow fiw fow repacked by rp_pack, or NULL */\n"
+        "} layer_t;\n\n"
+        "static const void *rp_for(const layer_t *ly, const block_q4_0 *W) {\n"
+        "    const block_q4_0 *ws[6] = {ly->qw, ly->kw, ly->vw, ly->aow, ly->fiw, ly->fow};\n"
+        "    for (int i = 0; i < 6; i++) if (ws[i] == W) return ly->rp[i];\n"
+        "    return NULL;\n"
+        "}\n",
+    ),
     (  # the forward pass multiplies with it
         "#define MAT(W, B, Y, NOUT, NIN) matmul_q4q8((W), (B), aq, ad, as, (Y), T, (NOUT), (NIN))",
-        "#define MAT(W, B, Y, NOUT, NIN) matmul_x((W), (B), aq, ad, as, (Y), T, (NOUT), (NIN))",
+        "#define MAT(W, B, Y, NOUT, NIN) "
+        "matmul_x(rp_for(ly, (W)), (W), (B), aq, ad, as, (Y), T, (NOUT), (NIN))",
+    ),
+    (  # and quantizes its activations with the vectorised quantizer
+        "#define QUANT(X, NIN) quantize_acts((X), T, (NIN), aq, ad, as)",
+        "#define QUANT(X, NIN) quantize_x((X), T, (NIN), aq, ad, as)",
+    ),
+    (  # the model loader repacks each layer once
+        "#undef T\n    }\n    free(dir);\n",
+        "#undef T\n"
+        "        ly->rp[0] = rp_pack(ly->qw, m->H, m->H); ly->rp[1] = rp_pack(ly->kw, m->H, m->H);\n"
+        "        ly->rp[2] = rp_pack(ly->vw, m->H, m->H); ly->rp[3] = rp_pack(ly->aow, m->H, m->H);\n"
+        "        ly->rp[4] = rp_pack(ly->fiw, m->FF, m->H); ly->rp[5] = rp_pack(ly->fow, m->H, m->FF);\n"
+        "    }\n    free(dir);\n",
+    ),
+    (  # and frees the copies with the model
+        "    free(m->layers);\n",
+        "    for (int l = 0; m->layers && l < m->NL; l++)\n"
+        "        for (int i = 0; i < 6; i++) free(m->layers[l].rp[i]);\n"
+        "    free(m->layers);\n",
     ),
 )
 
