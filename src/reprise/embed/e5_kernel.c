@@ -289,3 +289,13 @@ static void matmul_x(const void *packed, const block_q4_0 *W, const float *bias,
 }
 #undef RX
 #undef RX_MAXIN
+
+/* Which multiply this library runs on this CPU, for the Python side to report:
+ * 2 = AVX-512 VNNI over repacked weights, 1 = AVX2. */
+int reprise_kernel_level(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    return rp_cpu_ok() ? 2 : 1;
+#else
+    return 1;
+#endif
+}
