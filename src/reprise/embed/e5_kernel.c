@@ -290,6 +290,92 @@ static void matmul_x(const void *packed, const block_q4_0 *W, const float *bias,
 #undef RX
 #undef RX_MAXIN
 
+/* The stock attention, with the query-key scores computed across keys rather than across
+ * the head's 32 dimensions: a passage of ~300 tokens spent more time here than in every
+ * matmul together, one horizontal sum per (query, key, head). Each head's keys are
+ * transposed once per layer ([dim][token]) so a score row is 32 broadcast multiply-adds
+ * over contiguous keys. Softmax and the value sum are the stock code. */
+#define ATT_J 64 /* keys scored per register block */
+#define ATT_D 32 /* e5-small's head size */
+static void attention_x(const float *q, const float *k, const float *v, float *ctx,
+                        const int *sstart, const int *send, int T, int H, int NH, int hd,
+                        float scale, int maxp) {
+    /* unchecked, like every buffer of the stock forward pass (activations are larger) */
+    float *kt = (float *)malloc(sizeof(float) * (size_t)T * H);  /* [h*hd + e][token] */
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+    for (int i = 0; i < H; i++)
+        for (int s = 0; s < T; s++) kt[(size_t)i * T + s] = k[(size_t)s * H + i];
+#pragma omp parallel
+    {
+        float *prob = (float *)malloc(sizeof(float) * (size_t)maxp);
+#pragma omp for collapse(2) schedule(static)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++) {
+                int s0 = sstart[t], s1 = send[t], n = s1 - s0;
+                const float *qh = q + (size_t)t * H + h * hd;
+                const float *kh = kt + (size_t)h * hd * T + s0;
+                int j0 = 0;
+#if defined(__AVX2__)
+                for (; j0 + ATT_J <= n; j0 += ATT_J) {  /* ATT_J scores held in registers */
+                    __m256 a[ATT_J / 8];
+                    for (int u = 0; u < ATT_J / 8; u++) a[u] = _mm256_setzero_ps();
+                    for (int e = 0; e < hd; e++) {
+                        __m256 qe = _mm256_set1_ps(qh[e] * scale);
+                        const float *kr = kh + (size_t)e * T + j0;
+                        for (int u = 0; u < ATT_J / 8; u++)
+                            a[u] = _mm256_fmadd_ps(qe, _mm256_loadu_ps(kr + 8 * u), a[u]);
+                    }
+                    for (int u = 0; u < ATT_J / 8; u++) _mm256_storeu_ps(prob + j0 + 8 * u, a[u]);
+                }
+#endif
+                for (int j = j0; j < n; j++) prob[j] = 0.f;
+                for (int e = 0; e < hd && j0 < n; e++) {
+                    float qe = qh[e] * scale;
+                    const float *kr = kh + (size_t)e * T;
+                    for (int j = j0; j < n; j++) prob[j] += qe * kr[j];
+                }
+                float mx = -1e30f;
+                for (int j = 0; j < n; j++) if (prob[j] > mx) mx = prob[j];
+                float sum = 0.f;
+                for (int j = 0; j < n; j++) { float e = expf(prob[j] - mx); prob[j] = e; sum += e; }
+                float inv = 1.f / sum;
+                float *ch = ctx + (size_t)t * H + h * hd;
+#if defined(__AVX2__)
+                if (hd == ATT_D) {  /* e5-small: the head's 32 sums in registers, two chains */
+                    __m256 a[8];
+                    for (int u = 0; u < 8; u++) a[u] = _mm256_setzero_ps();
+                    int j = 0;
+                    for (; j + 2 <= n; j += 2) {
+                        const float *v0 = v + (size_t)(s0 + j) * H + h * hd, *v1 = v0 + H;
+                        __m256 p0 = _mm256_set1_ps(prob[j] * inv), p1 = _mm256_set1_ps(prob[j + 1] * inv);
+                        for (int u = 0; u < 4; u++) {
+                            a[u] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0 + 8 * u), a[u]);
+                            a[u + 4] = _mm256_fmadd_ps(p1, _mm256_loadu_ps(v1 + 8 * u), a[u + 4]);
+                        }
+                    }
+                    if (j < n) {
+                        const float *v0 = v + (size_t)(s0 + j) * H + h * hd;
+                        __m256 p0 = _mm256_set1_ps(prob[j] * inv);
+                        for (int u = 0; u < 4; u++) a[u] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0 + 8 * u), a[u]);
+                    }
+                    for (int u = 0; u < 4; u++) _mm256_storeu_ps(ch + 8 * u, _mm256_add_ps(a[u], a[u + 4]));
+                    continue;
+                }
+#endif
+                for (int e = 0; e < hd; e++) ch[e] = 0.f;
+                for (int j = 0; j < n; j++) {
+                    float pj = prob[j] * inv;
+                    const float *vh = v + (size_t)(s0 + j) * H + h * hd;
+                    for (int e = 0; e < hd; e++) ch[e] += pj * vh[e];
+                }
+            }
+        free(prob);
+    }
+    free(kt);
+}
+#undef ATT_J
+#undef ATT_D
+
 /* Which multiply this library runs on this CPU, for the Python side to report:
  * 2 = AVX-512 VNNI over repacked weights, 1 = AVX2. */
 int reprise_kernel_level(void) {
