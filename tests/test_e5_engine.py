@@ -46,19 +46,12 @@ def test_make_built_the_fast_engine() -> None:
     assert E5Embedder().engine == "fast"
 
 
-def _cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 @pytest.mark.skipif(not CAN_BUILD, reason="needs x86-64-v3 and a C compiler")
 def test_the_avx512_path_runs_where_the_cpu_has_it() -> None:
     """The repacked-weights multiply is chosen at load time; on a CPU with AVX-512 VNNI a
     silent fallback to the AVX2 path would cost ~3x on every verified hit."""
     want = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
-    expected = "avx512-vnni" if want <= _cpu_flags() else "avx2"
+    expected = "avx512-vnni" if want <= e5_engine.cpu_flags() else "avx2"
     assert E5Embedder().kernel == expected
     assert E5Embedder(engine="stock").kernel == "stock"
 

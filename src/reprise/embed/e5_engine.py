@@ -185,20 +185,25 @@ def library_path(prefix: Path | None = None) -> Path:
     return base / "share" / "reprise" / f"e5-engine-{h.hexdigest()[:16]}.so"
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty when it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_supported(cpuinfo: str | None = None) -> bool:
     """True when this machine runs x86-64-v3 code (an unsupported CPU would crash the
     process on the first illegal instruction, so this is checked before loading)."""
     if platform.machine().lower() not in {"x86_64", "amd64"}:
         return False
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return CPU_FLAGS <= set(line.split(":", 1)[1].split())
-    return False
+    return CPU_FLAGS <= cpu_flags(cpuinfo)
 
 
 def build(prefix: Path | None = None, compiler: str | None = None, force: bool = False) -> Path:
