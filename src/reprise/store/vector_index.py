@@ -13,16 +13,21 @@ graph degrades badly when the partition is a tiny fraction of it). Most partitio
   int8 vectors are one cache line each, and in 64 dims the graph needs far fewer steps for
   the same recall than in 512 (the discarded components mostly blur who is nearest).
 * the graph proposes ``CANDIDATES`` labels; they are re-scored with the full vectors, kept
-  here as float16 (no store round trip), and the best ``k`` are returned with their cosine.
-  Re-scoring makes the ranking exact among the candidates, so only a neighbour the
-  64-dim graph fails to propose at all can be missed.
+  here as 16-bit integers with one scale per row (no store round trip), and the best ``k``
+  are returned with their cosine. Re-scoring makes the ranking exact among the candidates,
+  so only a neighbour the 64-dim graph fails to propose at all can be missed. Why int16 and
+  not float16 (the same 1 KiB per 512-dim vector): numpy converts float16 element by
+  element, 140 us for 64 rows, the largest cost after the walk; int16 rows convert in
+  ~8 us, and a per-row scale keeps ~15 bits for every component where float16 keeps 11
+  (cosines within ~1e-5 of float32 instead of ~1e-4).
 
 Measured with ``bench/lookup_latency.py`` (vectors with the spectrum of real USE question
 embeddings, one partition; see ``bench/results/lookup.md``). Against the previous full
 512-dim int8 graph at 1M vectors: recall@1 0.805 -> 0.989, search p50 3.3 -> 1.0-1.9 ms,
 build from the rows 1,506 -> 466 s; memory ~1.5 KB per vector instead of 0.8 KB (the
-float16 copy is 1 KiB of it). 128 components kept more of the real embeddings' geometry but
-needed twice the search breadth at 1M for lower recall (0.946 at breadth 128); connectivity
+full-vector copy, float16 then and int16 now, is 1 KiB of it). 128 components kept more of
+the real embeddings' geometry but needed twice the search breadth at 1M for lower recall
+(0.946 at breadth 128); connectivity
 8 lost recall and 32 was slower at 200k. On 20k real USE embeddings of QQP questions
 (queries: the other question of each pair) the index returns the exact scan's nearest entry
 for 99.7-99.9% of the queries whose nearest cosine is >= 0.79 (at or below the default
@@ -47,15 +52,16 @@ HNSW_EXPANSION_SEARCH = 64  # at 100k vectors; grows slowly with the partition (
 REDUCED_DIM = 64  # PCA components the graph is built on
 CANDIDATES = 64  # graph proposals re-scored with the full vectors
 PCA_SAMPLE = 20_000  # vectors the projection is fitted on (enough for 512x512 covariance)
-SAVE_FORMAT = 2  # bumped when the saved layout changes: older files are rebuilt from rows
+SAVE_FORMAT = 3  # bumped when the saved layout changes: older files are rebuilt from rows
 
 
 class PartitionIndex:
     """Vectors of one partition, addressed by integer labels.
 
-    Rows ``_matrix[:n]`` hold the partition's vectors (float32 while exact, float16 once a
-    graph exists, kept compact by moving the last row into a removed one); ``_rows`` maps a
-    label to its row. In graph mode ``_hnsw`` indexes the same labels on reduced vectors.
+    Rows ``_matrix[:n]`` hold the partition's vectors (float32 while exact; once a graph
+    exists, int16 with the float32 row scales in ``_scales``; kept compact by moving the last
+    row into a removed one); ``_rows`` maps a label to its row. In graph mode ``_hnsw``
+    indexes the same labels on reduced vectors.
     """
 
     def __init__(self, dim: int, hnsw_from: int = 2048,
@@ -69,6 +75,7 @@ class PartitionIndex:
         self.reduced_dim = dim if reduced_dim is None else min(reduced_dim, dim)
         self._matrix = np.zeros((16, dim), dtype=np.float32)
         self._labels = np.zeros(16, dtype=np.int64)
+        self._scales = np.zeros(0, dtype=np.float32)  # graph mode: one per row of _matrix
         self._rows: dict[int, int] = {}
         self._hnsw: Index | None = None
         self._mean = np.zeros(dim, dtype=np.float32)
@@ -94,7 +101,12 @@ class PartitionIndex:
             cap = max(need, 2 * len(self._labels))
             self._matrix = np.resize(self._matrix, (cap, self.dim))
             self._labels = np.resize(self._labels, cap)
-        self._matrix[n:need] = vectors
+            if self._hnsw is not None:
+                self._scales = np.resize(self._scales, cap)
+        if self._hnsw is not None:
+            self._matrix[n:need], self._scales[n:need] = self._quantize(vectors)
+        else:
+            self._matrix[n:need] = vectors
         self._labels[n:need] = labels
         for i, label in enumerate(labels):
             self._rows[int(label)] = n + i
@@ -117,11 +129,13 @@ class PartitionIndex:
             moved = int(self._labels[last])
             self._matrix[row] = self._matrix[last]
             self._labels[row] = moved
+            if self._hnsw is not None:
+                self._scales[row] = self._scales[last]
             self._rows[moved] = row
         return True
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """Labels and cosine similarities (float16-exact in graph mode), best first."""
+        """Labels and cosine similarities (int16-exact in graph mode), best first."""
         n = len(self._rows)
         if n == 0 or k <= 0:
             return []
@@ -136,14 +150,14 @@ class PartitionIndex:
                                       want).keys
             rows = np.fromiter((self._rows[int(key)] for key in found), dtype=np.int64,
                                count=len(found))
-            cand = self._matrix[rows].astype(np.float32)
+            sims = np.einsum("ij,j->i", self._matrix[rows].astype(np.float32), q)
+            sims *= self._scales[rows]
         else:
             rows = np.arange(n)
-            cand = self._matrix[:n]
-        # einsum, not ``@``: a BLAS matrix-vector product of this size is split over
-        # threads, and on a busy machine one descheduled thread stalls the whole lookup
-        # (measured p99 23-40 ms vs 4 ms at 2048 rows on the shared 2-core VM).
-        sims = np.einsum("ij,j->i", cand, q)
+            # einsum, not ``@``: a BLAS matrix-vector product of this size is split over
+            # threads, and on a busy machine one descheduled thread stalls the whole lookup
+            # (measured p99 23-40 ms vs 4 ms at 2048 rows on the shared 2-core VM).
+            sims = np.einsum("ij,j->i", self._matrix[:n], q)
         if k < len(sims):
             top = np.argpartition(-sims, k - 1)[:k]
             top = top[np.argsort(-sims[top])]
@@ -156,6 +170,14 @@ class PartitionIndex:
         """Graph search breadth for a partition of ``n`` vectors: ``HNSW_EXPANSION_SEARCH``
         at 100k, growing as n^0.3 (x2 per decade), never below ``CANDIDATES``."""
         return max(CANDIDATES, round(HNSW_EXPANSION_SEARCH * (n / 100_000) ** 0.3))
+
+    @staticmethod
+    def _quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Int16 rows and their scales (row = int16 * scale), the largest component of each
+        row at +-32767 so every row keeps full precision whatever its norm."""
+        peak = np.abs(vectors).max(axis=1)
+        scales = np.where(peak > 0, peak / 32767.0, 1.0).astype(np.float32)
+        return np.rint(vectors / scales[:, None]).astype(np.int16), scales
 
     def _reduce(self, vectors: np.ndarray) -> np.ndarray:
         """Graph coordinates: centred, projected on the principal axes, scaled for int8."""
@@ -190,22 +212,25 @@ class PartitionIndex:
         index = self._new_hnsw_for(self._proj.shape[1])
         index.add(self._labels[:n].copy(), self._reduce(vectors))
         self._hnsw = index
-        self._matrix = self._matrix.astype(np.float16)
+        self._matrix, scales = self._quantize(self._matrix)
+        self._scales = np.zeros(len(self._matrix), dtype=np.float32)
+        self._scales[:n] = scales[:n]
 
     @staticmethod
     def _sidecar(path: Path) -> Path:
         return path.with_name(path.name + ".vectors.npz")
 
     def save(self, path: Path) -> bool:
-        """Persist a graph partition: the graph at ``path``, the float16 vectors and the
-        projection beside it (small exact partitions are cheap to rebuild: not saved)."""
+        """Persist a graph partition: the graph at ``path``, the int16 vectors, their scales
+        and the projection beside it (small exact partitions are cheap to rebuild: not saved)."""
         if self._hnsw is None:
             return False
         self._hnsw.save(str(path))
         n = len(self._rows)
         with open(self._sidecar(path), "wb") as fh:
             np.savez(fh, format=np.array(SAVE_FORMAT), labels=self._labels[:n],
-                     vectors=self._matrix[:n], mean=self._mean, proj=self._proj)
+                     vectors=self._matrix[:n], scales=self._scales[:n], mean=self._mean,
+                     proj=self._proj)
         return True
 
     @classmethod
@@ -221,16 +246,18 @@ class PartitionIndex:
         with np.load(side) as z:
             if int(z["format"]) != SAVE_FORMAT:
                 raise ValueError(f"{side}: saved in layout {int(z['format'])}")
-            labels, vectors = z["labels"], z["vectors"]
+            labels, vectors, scales = z["labels"], z["vectors"], z["scales"]
             mean, proj = z["mean"], z["proj"]
         index = Index.restore(str(path))
         if (index is None or vectors.ndim != 2 or vectors.shape[1] != dim
+                or vectors.dtype != np.int16 or scales.shape != labels.shape
                 or proj.shape != (dim, index.ndim) or index.ndim != part.reduced_dim
                 or len(index) != len(labels)
                 or not bool(np.all(index.contains(labels)))):
             raise ValueError(f"{path} is not a usable {dim}-dim index")
         part._hnsw = index
-        part._matrix = np.ascontiguousarray(vectors, dtype=np.float16)
+        part._matrix = np.ascontiguousarray(vectors, dtype=np.int16)
+        part._scales = np.asarray(scales, dtype=np.float32).copy()
         part._labels = np.asarray(labels, dtype=np.int64).copy()
         part._rows = {int(label): i for i, label in enumerate(part._labels)}
         part._mean = np.asarray(mean, dtype=np.float32)
@@ -239,7 +266,8 @@ class PartitionIndex:
 
     def memory_bytes(self) -> int:
         graph = int(self._hnsw.memory_usage) if self._hnsw is not None else 0
-        return graph + int(self._matrix.nbytes + self._labels.nbytes) + 100 * len(self._rows)
+        arrays = self._matrix.nbytes + self._labels.nbytes + self._scales.nbytes
+        return graph + int(arrays) + 100 * len(self._rows)
 
 
 class VectorIndex:
