@@ -24,7 +24,6 @@ COPY src ./src
 RUN pip install --upgrade pip setuptools wheel \
  && pip install ".[e5,rag,ui]" "hiredis>=3" \
  && python -m reprise.embed.e5_engine build \
- && python -m reprise.embed.use_engine build \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && python -m compileall -q /opt/venv/lib
 

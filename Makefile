@@ -19,12 +19,10 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP) engine
 
-# Reprise's faster e5 engine and USE kernel (reprise/embed/e5_engine.py, use_engine.py):
-# no-ops when these exact builds exist; without a C compiler they say so and the stock
-# engines are used.
+# Reprise's faster build of the e5 engine (reprise/embed/e5_engine.py): a no-op when this
+# exact build exists; without a C compiler it says so and the stock engine is used.
 engine: $(STAMP)
 	@$(BIN)/python -m reprise.embed.e5_engine build
-	@$(BIN)/python -m reprise.embed.use_engine build
 
 run: $(STAMP) engine
 	$(BIN)/reprise up

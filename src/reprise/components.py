@@ -79,7 +79,6 @@ def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
         api_key=settings.embeddings_api_key,
         threads=settings.compute_threads,
         e5_engine=settings.e5_engine,
-        use_engine=settings.use_engine,
     )
 
 

