@@ -126,7 +126,10 @@ class Vectors:
 
     def __init__(self, kind: str, seed: int) -> None:
         self.kind, self.seed = kind, seed
-        self.mean, self.factor = use_spectrum() if kind == "use" else (None, None)
+        self.mean: np.ndarray | None = None
+        self.factor: np.ndarray | None = None
+        if kind == "use":
+            self.mean, self.factor = use_spectrum()
 
     def chunk(self, n: int, start: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, start // CHUNK])
@@ -510,7 +513,10 @@ def index_table(kind: str, rows: list[Row], args: argparse.Namespace) -> str:
         f"Store `{kind}`, {what}, dim {DIM}, all entries in ONE partition, k={K},"
         f" {args.queries} sequential queries (a stored vector + 1% noise); embedding excluded."
         " *search* = `Store.search`; *lookup* = search + guards + verifier"
-        " (`SemanticLookup.find`). *first search* = building the partition index from the"
+        " (`SemanticLookup.find`, the gateway's wiring without the verifier's e5 pass, which"
+        " the gateway runs beside the USE pass: candidates whose verdict needs e5 are then"
+        " judged at its lowest value, so these synthetic pairs are timed through the whole"
+        " judgement and rejected). *first search* = building the partition index from the"
         " rows (or loading it from disk for the kept ≥100k SQLite stores). *memory* ="
         + (" process RSS growth from building/loading the index (rows stay on disk);"
            if kind == "sqlite" else " Redis `used_memory` growth (rows + index + bookkeeping);"
@@ -540,7 +546,7 @@ class Proc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.p.poll() is not None:
-                raise RuntimeError(f"{self.p.args} exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.p.args!r} exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.ready, timeout=2).status_code == 200:
                     return self
