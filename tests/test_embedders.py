@@ -67,7 +67,10 @@ DIM = 6
 
 def fake_vector(text: str) -> list[float]:
     digest = hashlib.sha256(text.encode()).digest()
-    return [float(b) + 1.0 for b in digest[:DIM]]
+    vector = [float(b) + 1.0 for b in digest[:DIM]]
+    if text == "server bug":  # json.dumps writes the bare NaN that Python's reader accepts
+        vector[2] = float("nan")
+    return vector
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -137,6 +140,15 @@ async def test_remote_errors_are_embedder_errors(server: str) -> None:
         await emb.embed(["x"])
     with pytest.raises(EmbedderError):
         emb.embed_sync(["x"])
+
+
+async def test_remote_non_finite_vectors_are_embedder_errors(server: str) -> None:
+    """A vector with a NaN would make every similarity meaningless: refused, so the request
+    goes on without the semantic tier rather than storing or matching it."""
+    emb = RemoteEmbedder(f"{server}/v1", flavor="openai")
+    assert np.isfinite(await emb.embed(["fine"])).all()
+    with pytest.raises(EmbedderError, match="non-finite"):
+        await emb.embed(["fine", "server bug"])
 
 
 def test_factory_rejects_bad_configuration() -> None:

@@ -150,6 +150,22 @@ def test_remove_and_replace_stay_in_step() -> None:
     assert len(index) == 2500 - len(removed)
 
 
+def test_a_non_finite_vector_is_never_served() -> None:
+    """A row with a NaN (embedders refuse them; a direct ``Store.put`` could pass one) must
+    neither be served nor disturb the other rows' similarities in a graph partition."""
+    vectors = _spread(1200, 64, 9)
+    index = PartitionIndex(64, hnsw_from=1000)
+    index.add(np.arange(1200), vectors)
+    broken = vectors[7].copy()
+    broken[3] = np.nan
+    index.add(np.array([5000]), broken[None])
+    for i in (7, 8, 100):
+        found = index.search(vectors[i], 5)
+        assert found[0][0] == i
+        assert all(label != 5000 or sim == 0.0 for label, sim in found)
+        assert all(np.isfinite(sim) and sim <= 1.0 + 1e-4 for _, sim in found)
+
+
 def test_small_dimension_keeps_all_components() -> None:
     """Below REDUCED_DIM dimensions the projection is a rotation: nothing is lost."""
     vectors = _spread(1500, 16, 4)

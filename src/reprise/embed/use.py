@@ -17,11 +17,16 @@ from reprise.embed.base import EmbedderError, Kind
 def normalize_rows(matrix: np.ndarray, dim: int) -> np.ndarray:
     """Float32 rows of unit norm (zero rows stay zero); shape (0, dim) for no input.
 
-    Shared by every embedder so callers can rely on ``a @ b`` being the cosine.
+    Shared by every embedder so callers can rely on ``a @ b`` being the cosine. A NaN or
+    infinity (a remote server can send them: Python's JSON reader accepts ``NaN``) is an
+    ``EmbedderError``, so the request goes on without the semantic tier instead of storing
+    or comparing a vector whose similarities mean nothing.
     """
     m = np.asarray(matrix, dtype=np.float32)
     if m.size == 0:
         return np.zeros((0, dim), dtype=np.float32)
+    if not np.isfinite(m).all():
+        raise EmbedderError("the embedder returned non-finite values (NaN or infinity)")
     m = m.reshape(len(m), -1)
     norms = np.linalg.norm(m, axis=1, keepdims=True)
     norms[norms == 0.0] = 1.0

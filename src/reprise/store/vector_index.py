@@ -174,7 +174,10 @@ class PartitionIndex:
     @staticmethod
     def _quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Int16 rows and their scales (row = int16 * scale), the largest component of each
-        row at +-32767 so every row keeps full precision whatever its norm."""
+        row at +-32767 so every row keeps full precision whatever its norm. A row with a NaN
+        or infinity becomes zeros (similarity 0 to everything, never served) by design, not
+        by whatever numpy's int16 cast makes of a non-finite value."""
+        vectors = np.where(np.isfinite(vectors).all(axis=1, keepdims=True), vectors, 0.0)
         peak = np.abs(vectors).max(axis=1)
         scales = np.where(peak > 0, peak / 32767.0, 1.0).astype(np.float32)
         return np.rint(vectors / scales[:, None]).astype(np.int16), scales
