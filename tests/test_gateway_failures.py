@@ -206,3 +206,49 @@ def test_locked_sqlite_fails_open(fake_upstream: Any, tmp_path: Path) -> None:
         # lock gone: caching works again without a restart
         ask(client, question)
         assert ask(client, question).headers["x-reprise-cache"] == "exact"
+
+
+class _FailingEmbedder:
+    """The real USE embedder, except that it raises for questions containing ``MARKER``
+    (a test double for a remote embedding server that errors or sends NaN vectors, which
+    ``normalize_rows`` turns into the same ``EmbedderError``)."""
+
+    MARKER = "embedder-down"
+
+    def __init__(self, real: Any) -> None:
+        self._real, self.name, self.dim = real, real.name, real.dim
+
+    def _check(self, texts: list[str]) -> None:
+        from reprise.embed.base import EmbedderError
+
+        if any(self.MARKER in t for t in texts):
+            raise EmbedderError("embedding server returned 503")
+
+    def embed_sync(self, texts: list[str], kind: Any = "query") -> Any:
+        self._check(texts)
+        return self._real.embed_sync(texts, kind)
+
+    async def embed(self, texts: list[str], kind: Any = "query") -> Any:
+        self._check(texts)
+        return await self._real.embed(texts, kind)
+
+
+def test_embedder_failure_keeps_the_exact_tier(fake_upstream: Any, tmp_path: Path,
+                                               use_embedder: Any) -> None:
+    """The semantic tier fails open, and the answer is still stored for exact hits."""
+    url, state = fake_upstream
+    with running_gateway(url, tmp_path, embedder=_FailingEmbedder(use_embedder),
+                         store="sqlite", semantic_verifier_e5=False) as (base, comp), \
+            httpx.Client(base_url=base, timeout=30) as client:
+        question = f"{_FailingEmbedder.MARKER} {tag()}: how do I rotate my API key?"
+        before = state.calls
+        first = ask(client, question)
+        assert first.status_code == 200 and first.headers["x-reprise-cache"] == "miss"
+        again = ask(client, question)
+        assert again.status_code == 200 and again.headers["x-reprise-cache"] == "exact"
+        assert again.json()["choices"] == first.json()["choices"]
+        assert state.calls == before + 1
+        assert "embed" in comp.cache.health.last_error
+        # the entry has no vector: nothing semantic can ever match it
+        entries = asyncio.run(comp.cache.store.list_entries(query=_FailingEmbedder.MARKER))
+        assert len(entries) == 1 and entries[0].vector is None

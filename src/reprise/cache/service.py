@@ -165,10 +165,17 @@ class CacheService:
         """Store a complete answer; returns False (and logs) if it was not stored."""
         if not policy.store:
             return False
-        try:
-            if vector is None and self.semantic_allowed(keys, policy):
-                assert self.semantic is not None and keys.question is not None
+        semantic = self.semantic_allowed(keys, policy)
+        if vector is None and semantic:
+            assert self.semantic is not None and keys.question is not None
+            try:
                 vector = await self.semantic.embed(keys.question)
+            except Exception as exc:
+                # The embedder failing costs the entry its semantic tier, not the answer:
+                # it is still stored for exact hits.
+                self.health.failed("embed", exc)
+                semantic = False
+        try:
             usage = completion.get("usage") or {}
             now = time.time()
             entry = CacheEntry(
@@ -178,7 +185,7 @@ class CacheService:
                 question=keys.question or "",
                 response=orjson.dumps(completion),
                 model=model,
-                vector=vector if self.semantic_allowed(keys, policy) else None,
+                vector=vector if semantic else None,
                 created_at=now,
                 expires_at=now + self.ttl_seconds if self.ttl_seconds > 0 else None,
                 last_access=now,
