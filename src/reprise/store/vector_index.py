@@ -27,12 +27,13 @@ embeddings, one partition; see ``bench/results/lookup.md``). Against the previou
 build from the rows 1,506 -> 466 s; memory ~1.5 KB per vector instead of 0.8 KB (the
 full-vector copy, float16 then and int16 now, is 1 KiB of it). 128 components kept more of
 the real embeddings' geometry but needed twice the search breadth at 1M for lower recall
-(0.946 at breadth 128); connectivity
-8 lost recall and 32 was slower at 200k. On 20k real USE embeddings of QQP questions
-(queries: the other question of each pair) the index returns the exact scan's nearest entry
-for 99.7-99.9% of the queries whose nearest cosine is >= 0.79 (at or below the default
-semantic threshold; 100% at >= 0.9; the old 512-dim graph: 100%), 96-97% overall (near
-ties far below the threshold swap).
+(0.946 at breadth 128); connectivity 8 lost recall and 32 was slower at 200k. On 20k real
+USE embeddings of QQP questions (queries: the other question of each pair) the index
+returns the exact scan's nearest entry for 99.7-99.9% of the queries whose nearest cosine
+is >= 0.79 (at or below the default semantic threshold; 100% at >= 0.9; the old 512-dim
+graph: 100%), 96-97% overall (near ties far below the threshold swap). Inverted lists
+scanned contiguously (IVF) were tried for flatter latency at 1M and lost that agreement
+on real paraphrases (94.8-99.5% probing 4-32 of 283 lists; ``bench/results/lookup.md``).
 """
 
 from __future__ import annotations
@@ -215,9 +216,7 @@ class PartitionIndex:
         index = self._new_hnsw_for(self._proj.shape[1])
         index.add(self._labels[:n].copy(), self._reduce(vectors))
         self._hnsw = index
-        self._matrix, scales = self._quantize(self._matrix)
-        self._scales = np.zeros(len(self._matrix), dtype=np.float32)
-        self._scales[:n] = scales[:n]
+        self._matrix, self._scales = self._quantize(self._matrix)
 
     @staticmethod
     def _sidecar(path: Path) -> Path:
