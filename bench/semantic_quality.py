@@ -131,11 +131,10 @@ class CachedE5:
     name, dim = "e5", 384
 
     def __init__(self, cache_dir: Path) -> None:
-        from reprise.embed.e5_engine import kernel_path, locate
+        from reprise.embed.e5_engine import default_kernel
 
-        lib = locate()
-        self.engine = "fast" if lib is not None else "stock"
-        self.kernel = kernel_path(lib) if lib is not None else "stock"
+        self.kernel = default_kernel()
+        self.engine = "stock" if self.kernel == "stock" else "fast"
         file_name = self.name if self.engine == "stock" else f"{self.name}-fast-{self.kernel}"
         self.cache = sd.EmbeddingCache(cache_dir, file_name, self.dim, autosave=False)
         self._model: Any = None

