@@ -135,6 +135,9 @@ def test_remove_and_replace_stay_in_step() -> None:
         assert index.remove(label)
     assert not index.remove(0)  # already gone
     assert len(index) == 2500 - len(removed)
+    # the graph names vectors by row: still exactly one graph entry per row after the moves
+    assert index._hnsw is not None and len(index._hnsw) == len(index)
+    assert bool(np.all(index._hnsw.contains(np.arange(len(index)))))
     for label in list(removed)[:50]:
         assert label not in index
         assert all(found not in removed for found, _ in index.search(vectors[label], 5))
