@@ -248,7 +248,12 @@ def test_embedder_failure_keeps_the_exact_tier(fake_upstream: Any, tmp_path: Pat
         assert again.status_code == 200 and again.headers["x-reprise-cache"] == "exact"
         assert again.json()["choices"] == first.json()["choices"]
         assert state.calls == before + 1
-        assert "embed" in comp.cache.health.last_error
+        # counted as the embedder's failure, not the store's
+        assert comp.cache.embedder_health.errors >= 2 and comp.cache.health.errors == 0
+        assert comp.cache.embedder_health.last_error.startswith("save: ")
+        health = client.get("/healthz").json()
+        assert health["embedder"]["errors"] >= 2 and health["store"]["errors"] == 0
+        assert 'reprise_embedder_errors_total{op="lookup"}' in client.get("/metrics").text
         # the entry has no vector: nothing semantic can ever match it
         entries = asyncio.run(comp.cache.store.list_entries(query=_FailingEmbedder.MARKER))
         assert len(entries) == 1 and entries[0].vector is None

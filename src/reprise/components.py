@@ -151,5 +151,6 @@ def build_components(
         if store.backend == "redis" else None,
     )
     cache.health.listeners.append(lambda op: metrics.store_errors.labels(op).inc())
+    cache.embedder_health.listeners.append(lambda op: metrics.embedder_errors.labels(op).inc())
     return Components(settings, store, embedder, cache, upstream, chat, metrics,
                       known_models=set(settings.public_models), embedders=pool)

@@ -65,6 +65,8 @@ async def healthz(request: Request) -> Response:
     store_ok = await comp.store.ping()
     body = {"status": "ok", "store": {"backend": comp.store.backend, "ok": store_ok,
                                       "errors": comp.cache.health.errors},
+            "embedder": {"name": comp.embedder.name if comp.embedder else None,
+                         "errors": comp.cache.embedder_health.errors},
             "upstream": comp.settings.upstream_url}
     return _json(body)
 
@@ -95,6 +97,7 @@ async def cache_stats(request: Request, namespace: str | None = None,
     if scope is not None:
         out["namespaces"] = {scope: stats.namespaces.get(scope, 0)}
     out["store_errors"] = comp.cache.health.errors
+    out["embedder_errors"] = comp.cache.embedder_health.errors
     out["semantic_threshold"] = comp.settings.semantic_threshold
     out["semantic_enabled"] = comp.cache.semantic_enabled
     out["ttl_seconds"] = comp.settings.cache_ttl_seconds

@@ -61,10 +61,14 @@ class LookupResult:
         return 0 if self.entry is None else max(0, int(time.time() - self.entry.created_at))
 
 
-class StoreHealth:
-    """Counts store failures; a callback lets metrics see them without a global."""
+class ComponentHealth:
+    """Counts one component's failures (the cache store, or the embedder); a callback lets
+    metrics see them without a global. Kept per component so an operator reading
+    ``/healthz`` or the metrics knows whether Redis or the embedding model is in trouble."""
 
-    def __init__(self) -> None:
+    def __init__(self, component: str, consequence: str) -> None:
+        self.component = component
+        self.consequence = consequence
         self.errors = 0
         self.last_error = ""
         self.listeners: list[Any] = []
@@ -72,7 +76,7 @@ class StoreHealth:
     def failed(self, op: str, exc: BaseException) -> None:
         self.errors += 1
         self.last_error = f"{op}: {exc}"
-        log.warning("cache store %s failed, serving without cache: %s", op, exc)
+        log.warning("%s %s failed, %s: %s", self.component, op, self.consequence, exc)
         for listener in self.listeners:
             listener(op)
 
@@ -90,7 +94,8 @@ class CacheService:
         self.semantic = semantic
         self.ttl_seconds = ttl_seconds
         self.semantic_enabled = semantic_enabled and semantic is not None
-        self.health = StoreHealth()
+        self.health = ComponentHealth("cache store", "serving without cache")
+        self.embedder_health = ComponentHealth("embedder", "serving without the semantic tier")
         self._background: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Any) -> None:
@@ -140,6 +145,10 @@ class CacheService:
             t1 = time.perf_counter()
             vector = await self.semantic.embed(keys.question)
             timings["embed_ms"] = (time.perf_counter() - t1) * 1000
+        except Exception as exc:
+            self.embedder_health.failed("lookup", exc)
+            return LookupResult("miss", timings=timings)
+        try:
             t2 = time.perf_counter()
             match = await self.semantic.find(
                 policy.namespace, keys.fingerprint, keys.question, vector, policy.threshold
@@ -173,7 +182,7 @@ class CacheService:
             except Exception as exc:
                 # The embedder failing costs the entry its semantic tier, not the answer:
                 # it is still stored for exact hits.
-                self.health.failed("embed", exc)
+                self.embedder_health.failed("save", exc)
                 semantic = False
         try:
             usage = completion.get("usage") or {}

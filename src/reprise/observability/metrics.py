@@ -62,6 +62,9 @@ class Metrics:
         self.store_errors = Counter("reprise_store_errors_total",
                                     "Cache store failures (fail open)",
                                     ["op"], registry=self.registry)
+        self.embedder_errors = Counter("reprise_embedder_errors_total",
+                                       "Embedder failures (the semantic tier is skipped)",
+                                       ["op"], registry=self.registry)
         self.inflight = Gauge("reprise_inflight_requests", "Requests being served",
                               registry=self.registry)
         self.request_latency = Histogram("reprise_http_request_seconds",

@@ -39,7 +39,9 @@ def _settings_panel(stats: dict[str, Any]) -> None:
              if enabled else "off",
              help="Cosine similarity a paraphrase needs before the guards check it "
                   "(REPRISE_SEMANTIC_THRESHOLD; per request: X-Reprise-Threshold)")
-    b.metric("Embedder", stats.get("embedder") or "none")
+    b.metric("Embedder", stats.get("embedder") or "none",
+             help=f"{stats.get('embedder_errors', 0)} embedder errors (each costs one "
+                  "request its semantic tier, never its answer)")
     c.metric("Default TTL", seconds(stats.get("ttl_seconds")))
     d.metric("Store", stats.get("backend", "?"),
              help=f"{stats.get('entries', 0)} entries, {stats.get('bytes', 0) / 1e6:.1f} MB, "
