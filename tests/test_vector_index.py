@@ -9,13 +9,15 @@ their spectrum (the case the latency benchmark measures).
 from __future__ import annotations
 
 import csv
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from reprise.config import Settings
-from reprise.store.vector_index import CANDIDATES, REDUCED_DIM, PartitionIndex
+from reprise.store.vector_index import CANDIDATES, REDUCED_DIM, PartitionIndex, VectorIndex
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -274,3 +276,78 @@ def test_full_dimension_graph_for_top_k_retrieval(tmp_path: Path) -> None:
     assert PartitionIndex.load(path, dim, 1000, None)._proj.shape == (dim, dim)
     with pytest.raises(ValueError):
         PartitionIndex.load(path, dim, 1000)  # a reduced index was asked for
+
+
+def _blocked_rebuilds(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Background rebuilds wait for the returned event, so a test can write meanwhile."""
+    release = threading.Event()
+    real = PartitionIndex.rebuilt.__func__  # type: ignore[attr-defined]
+
+    def gated(cls: type[PartitionIndex], *args: Any, **kwargs: Any) -> PartitionIndex:
+        assert release.wait(60)
+        return real(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(PartitionIndex, "rebuilt", classmethod(gated))
+    return release
+
+
+def _churn(index: VectorIndex, part: tuple[str, str], vectors: np.ndarray,
+           live: dict[int, int]) -> None:
+    """Replace every live label by a new one (a new vector): as many removals as entries."""
+    for label in sorted(live):
+        index.remove(part, label)
+        new = label + 100_000
+        live[new] = live.pop(label) + 1
+        index.add(part, new, vectors[live[new]])
+
+
+def test_a_worn_graph_is_rebuilt_in_the_background_without_losing_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = _spread(4000, 64, 11)
+    index = VectorIndex(64, hnsw_from=500)
+    part = ("ns", "fp")
+    live = {i: 2 * i for i in range(1500)}  # label -> row of ``vectors``
+    for label, row in live.items():
+        index.add(part, label, vectors[row])
+    before = index.partition(part)
+    assert before is not None and before.is_hnsw
+    release = _blocked_rebuilds(monkeypatch)
+    _churn(index, part, vectors, live)  # 1,500 removals ≥ max(1,024, 1,500 live)
+    assert index.partition(part) is before  # still serving while the rebuild waits
+    # writes during the rebuild: new labels, removals of live ones, a replaced vector
+    for label in range(900_000, 900_040):
+        live[label] = 3001 + label - 900_000
+        index.add(part, label, vectors[live[label]])
+    gone = sorted(live)[:25]
+    for label in gone:
+        index.remove(part, label)
+        del live[label]
+    changed = sorted(live)[30]
+    live[changed] = 3999
+    index.add(part, changed, vectors[3999])
+    release.set()
+    index.wait_rebuilds(60)
+    after = index.partition(part)
+    assert after is not None and after is not before and after.is_hnsw
+    assert len(after) == len(live) and after.retired < 100  # only the replayed removals
+    for label, row in [*list(live.items())[::7], (changed, 3999)]:
+        assert index.search(part, vectors[row], 1)[0][0] == label
+    returned = {found for row in range(0, 4000, 9) for found, _ in index.search(
+        part, vectors[row], 5)}
+    assert not returned & set(gone) and returned <= set(live)
+
+
+def test_a_partition_dropped_during_its_rebuild_stays_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = _spread(3200, 64, 12)
+    index = VectorIndex(64, hnsw_from=500)
+    part = ("tenant", "fp")
+    live = {i: 2 * i for i in range(1100)}
+    for label, row in live.items():
+        index.add(part, label, vectors[row])
+    release = _blocked_rebuilds(monkeypatch)
+    _churn(index, part, vectors, live)
+    index.drop_namespace("tenant")  # e.g. the tenant's cache was cleared
+    release.set()
+    index.wait_rebuilds(60)
+    assert index.partition(part) is None and index.search(part, vectors[0], 1) == []

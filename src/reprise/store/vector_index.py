@@ -38,6 +38,7 @@ on real paraphrases (94.8-99.5% probing 4-32 of 283 lists; ``bench/results/looku
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -45,6 +46,7 @@ import numpy as np
 from usearch.index import Index
 
 Partition = tuple[str, str]
+log = logging.getLogger(__name__)
 
 HNSW_DTYPE = "i8"
 HNSW_CONNECTIVITY = 16
@@ -53,6 +55,12 @@ HNSW_EXPANSION_SEARCH = 64  # at 100k vectors; grows slowly with the partition (
 REDUCED_DIM = 64  # PCA components the graph is built on
 CANDIDATES = 64  # graph proposals re-scored with the full vectors
 PCA_SAMPLE = 20_000  # vectors the projection is fitted on (enough for 512x512 covariance)
+# A graph partition is rebuilt (in the background) once it has retired as many vectors as
+# it holds: usearch reuses a removed vector's slot but never repairs the links around it,
+# and after replacing half of a 20k partition 25 times the true neighbour was the top hit
+# for only 97.6-98.9% of queries (100% when built in one go).
+REBUILD_AFTER = 1.0  # retired vectors per live vector
+REBUILD_MIN = 1024  # ... and at least this many
 SAVE_FORMAT = 4  # bumped when the saved layout changes: older files are rebuilt from rows
 
 
@@ -85,6 +93,8 @@ class PartitionIndex:
         self._mean = np.zeros(dim, dtype=np.float32)
         self._proj = np.zeros((dim, 0), dtype=np.float32)  # dim x reduced, scale folded in
         self.expansion_search: int | None = None  # None: set by the partition's size
+        self.retired = 0  # vectors removed or replaced since the graph was built
+        self.build_threads = 0  # usearch threads for a graph build (0: all cores)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -128,6 +138,7 @@ class PartitionIndex:
             return False
         if self._hnsw is not None:
             self._hnsw.remove(row)
+            self.retired += 1
         last = len(self._rows)  # index of the last filled row after the pop
         if row != last:
             moved = int(self._labels[last])
@@ -216,8 +227,9 @@ class PartitionIndex:
         vectors = self._matrix[:n]
         self._fit(vectors)
         index = self._new_hnsw_for(self._proj.shape[1])
-        index.add(np.arange(n), self._reduce(vectors))
+        index.add(np.arange(n), self._reduce(vectors), threads=self.build_threads)
         self._hnsw = index
+        self.retired = 0
         self._matrix, self._scales = self._quantize(self._matrix)
 
     @staticmethod
@@ -268,6 +280,28 @@ class PartitionIndex:
         part._proj = np.asarray(proj, dtype=np.float32)
         return part
 
+    @property
+    def worn(self) -> bool:
+        """Whether enough of the graph has been replaced that a rebuild pays off."""
+        return self._hnsw is not None and self.retired >= max(
+            REBUILD_MIN, REBUILD_AFTER * len(self._rows))
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the labels, rows and row scales, for a rebuild outside the lock."""
+        n = len(self._rows)
+        return self._labels[:n].copy(), self._matrix[:n].copy(), self._scales[:n].copy()
+
+    @classmethod
+    def rebuilt(cls, dim: int, hnsw_from: int, reduced_dim: int | None,
+                snap: tuple[np.ndarray, np.ndarray, np.ndarray],
+                threads: int = 1) -> PartitionIndex:
+        """A fresh partition (new projection, new graph) from a ``snapshot``."""
+        labels, rows, scales = snap
+        part = cls(dim, hnsw_from, reduced_dim)
+        part.build_threads = threads
+        part.add(labels, rows.astype(np.float32) * scales[:, None])
+        return part
+
     def memory_bytes(self) -> int:
         graph = int(self._hnsw.memory_usage) if self._hnsw is not None else 0
         arrays = self._matrix.nbytes + self._labels.nbytes + self._scales.nbytes
@@ -275,13 +309,67 @@ class PartitionIndex:
 
 
 class VectorIndex:
-    """All partitions of one store; thread-safe (the SQLite store calls it from a worker)."""
+    """All partitions of one store; thread-safe (the SQLite store calls it from a worker).
+
+    A worn graph partition (see ``PartitionIndex.worn``) is rebuilt by a background thread
+    from a copy of its rows, while the old one keeps serving; writes that arrive meanwhile
+    are logged and replayed onto the new partition before it replaces the old one, so no
+    write is lost and no search waits for the build (one thread, not every core, so
+    requests keep the other). The partition's memory doubles while it is rebuilt (~28 s for
+    100k vectors on one core here). Measured on 20k vectors with the spectrum of USE
+    embeddings, half replaced per round: the true neighbour stayed the top hit for
+    99.8-100% of queries over 12 rounds, against 98.0-99.0% from round 5 on without rebuilds."""
 
     def __init__(self, dim: int, hnsw_from: int = 2048) -> None:
         self.dim = dim
         self.hnsw_from = hnsw_from
         self._parts: dict[Partition, PartitionIndex] = {}
         self._lock = threading.Lock()
+        # partition being rebuilt -> writes since its snapshot: (label, vector or None=remove)
+        self._pending: dict[Partition, list[tuple[int, np.ndarray | None]]] = {}
+        self._builders: list[threading.Thread] = []
+
+    def _log(self, part: Partition, label: int, vector: np.ndarray | None) -> None:
+        """Called under the lock after every write."""
+        writes = self._pending.get(part)
+        if writes is not None:
+            writes.append((label, None if vector is None else vector.copy()))
+            return
+        index = self._parts.get(part)
+        if index is not None and index.worn:
+            self._pending[part] = []
+            snap = index.snapshot()
+            thread = threading.Thread(target=self._rebuild, args=(part, index, snap),
+                                      name="reprise-index-rebuild", daemon=True)
+            self._builders = [t for t in self._builders if t.is_alive()] + [thread]
+            thread.start()
+
+    def _rebuild(self, part: Partition, old: PartitionIndex,
+                 snap: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        try:
+            new = PartitionIndex.rebuilt(old.dim, old.hnsw_from, old.reduced_dim, snap)
+        except Exception:  # the old partition keeps serving; the next write retries
+            log.exception("rebuilding a worn vector index partition failed")
+            with self._lock:
+                self._pending.pop(part, None)
+            return
+        with self._lock:
+            writes = self._pending.pop(part, [])
+            if self._parts.get(part) is not old:
+                return  # dropped or replaced (namespace cleared, reloaded) meanwhile
+            for label, vector in writes:
+                if vector is None:
+                    new.remove(label)
+                else:
+                    new.add(np.array([label]), vector.reshape(1, -1))
+            new.expansion_search = old.expansion_search
+            new.build_threads = old.build_threads
+            self._parts[part] = new
+
+    def wait_rebuilds(self, timeout: float | None = None) -> None:
+        """Block until background rebuilds started so far are done (tests, benchmarks)."""
+        for thread in list(self._builders):
+            thread.join(timeout)
 
     def __len__(self) -> int:
         with self._lock:
@@ -305,6 +393,7 @@ class VectorIndex:
             if index is None:
                 index = self._parts[part] = PartitionIndex(self.dim, self.hnsw_from)
             index.add(np.array([label]), vector.reshape(1, -1))
+            self._log(part, label, vector)
 
     def remove(self, part: Partition, label: int) -> None:
         with self._lock:
@@ -313,6 +402,8 @@ class VectorIndex:
                 index.remove(label)
                 if len(index) == 0:
                     del self._parts[part]
+                    return
+                self._log(part, label, None)
 
     def search(self, part: Partition, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         with self._lock:
