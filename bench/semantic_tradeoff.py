@@ -170,7 +170,7 @@ def main() -> None:
         "e5, the lexical and rule features inside the verifier) tells the two apart. A long "
         "group open enough for 0.80 recall on the paraphrases costs QQP precision below "
         f"{TARGET_PRECISION:.2f} even before the cache's other neighbours add wrong hits; "
-        "the short group cannot pay for it (its recall at precision 0.95 is a few percent, "
+        "the short group cannot pay for it (QQP recall at precision 0.95 is under 0.10, "
         "`semantic.md`). Meeting both needs a verifier that reads the two texts together "
         "(a cross-encoder), which no offline package provides.",
         "",
