@@ -35,7 +35,7 @@ from reprise.cache.guards import run_guards
 from reprise.cache.text import embedding_text
 from reprise.cache.verifier import Verifier
 from reprise.embed.use import UseEmbedder
-from semantic_quality import CachedE5
+from semantic_quality import CachedE5, embed_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARES = (0.80, 0.90, 0.95, 0.97)
@@ -56,19 +56,19 @@ class Judged:
 def judge(pairs: list[sd.Pair], use: sd.EmbeddingCache, e5: CachedE5, verifier: Verifier,
           embedder: UseEmbedder) -> list[Judged]:
     """Pairs past the floor and the guards, with every signal the long group could use."""
-    a = use.get_many([embedding_text(p.q1) for p in pairs], embedder.embed_sync)
-    b = use.get_many([embedding_text(p.q2) for p in pairs], embedder.embed_sync)
-    cos = np.einsum("ij,ij->i", a, b)
+    stored = embed_all(use, embedder, [p.q1 for p in pairs])
+    asked = embed_all(use, embedder, [p.q2 for p in pairs])
+    cos = [float(stored[p.q1] @ asked[p.q2]) for p in pairs]
     floor = verifier.config.threshold
     keep = [i for i, p in enumerate(pairs)
             if cos[i] >= floor and run_guards(p.q2, p.q1).ok]
-    ea = e5.embed_sync([pairs[i].q1 for i in keep])
-    eb = e5.embed_sync([pairs[i].q2 for i in keep])
+    # e5 of the same ``embedding_text`` form the cache computes it on (E5Similarity)
+    ea = e5.embed_sync([embedding_text(pairs[i].q1) for i in keep])
+    eb = e5.embed_sync([embedding_text(pairs[i].q2) for i in keep])
     out = []
     for j, i in enumerate(keep):
         p, sim = pairs[i], float(ea[j] @ eb[j])
-        out.append(Judged(p.label, float(cos[i]), sim,
-                          verifier.score(p.q2, p.q1, float(cos[i]), sim),
+        out.append(Judged(p.label, cos[i], sim, verifier.score(p.q2, p.q1, cos[i], sim),
                           verifier.is_long(p.q2, p.q1)))
     return out
 
