@@ -329,8 +329,9 @@ class VectorIndex:
         self._pending: dict[Partition, list[tuple[int, np.ndarray | None]]] = {}
         self._builders: list[threading.Thread] = []
 
-    def _log(self, part: Partition, label: int, vector: np.ndarray | None) -> None:
-        """Called under the lock after every write."""
+    def _after_write(self, part: Partition, label: int, vector: np.ndarray | None) -> None:
+        """Under the lock, after every write: log it for a rebuild in progress, or start a
+        rebuild when the write left the partition worn."""
         writes = self._pending.get(part)
         if writes is not None:
             writes.append((label, None if vector is None else vector.copy()))
@@ -393,7 +394,7 @@ class VectorIndex:
             if index is None:
                 index = self._parts[part] = PartitionIndex(self.dim, self.hnsw_from)
             index.add(np.array([label]), vector.reshape(1, -1))
-            self._log(part, label, vector)
+            self._after_write(part, label, vector)
 
     def remove(self, part: Partition, label: int) -> None:
         with self._lock:
@@ -403,7 +404,7 @@ class VectorIndex:
                 if len(index) == 0:
                     del self._parts[part]
                     return
-                self._log(part, label, None)
+                self._after_write(part, label, None)
 
     def search(self, part: Partition, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         with self._lock:
