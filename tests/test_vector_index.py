@@ -123,8 +123,16 @@ def test_incremental_growth_switches_to_graph_and_keeps_every_vector() -> None:
     for i in range(1000, 3000):  # added after the fit: projected with it
         index.add(np.array([i]), vectors[i][None])
     assert len(index) == 3000
-    hits = sum(index.search(vectors[i], 1)[0][0] == i for i in range(0, 3000, 7))
-    assert hits == len(range(0, 3000, 7))
+    # every vector is kept (int16 rows within their quantisation step) ...
+    rows = np.array([index._rows[i] for i in range(3000)])
+    kept = index._matrix[rows].astype(np.float32) * index._scales[rows, None]
+    assert np.abs(kept - vectors).max() < 1e-4
+    # ... and found by the graph: a self-query is its own nearest neighbour, but an HNSW
+    # walk (built by several threads, so not deterministic) may rarely miss one; seen once
+    # in a loaded CI run (428 of 429). Recall is measured on real embeddings above.
+    queries = range(0, 3000, 7)
+    hits = sum(index.search(vectors[i], 1)[0][0] == i for i in queries)
+    assert hits >= 0.99 * len(queries)
 
 
 def test_remove_and_replace_stay_in_step() -> None:
