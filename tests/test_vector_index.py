@@ -151,14 +151,33 @@ def test_remove_and_replace_stay_in_step() -> None:
     for label in list(removed)[:50]:
         assert label not in index
         assert all(found not in removed for found, _ in index.search(vectors[label], 5))
-    for label in range(1, 2500, 3)[:200]:  # survivors (some moved rows) are still found,
-        # with their own similarity: a moved row keeps its int16 scale
+    # every row's graph vector is its own label's (a moved row was renamed, not re-added
+    # under another's coordinates): checked on all rows, exactly, whatever the graph walk does
+    survivors = [label for label in range(2500) if label not in removed]
+    rows = np.array([index._rows[label] for label in survivors])
+    assert sorted(rows.tolist()) == list(range(len(index)))
+    stored = np.asarray(index._hnsw.get(rows), dtype=np.float32).reshape(len(rows), -1)
+    wanted = index._reduce(vectors[survivors])
+    cos = np.einsum("ij,ij->i", _unit(stored), _unit(wanted))
+    assert float(cos.min()) > 0.98  # int8 graph coordinates of the same vector
+    # survivors (some moved rows) are found by the walk with their own similarity (a moved
+    # row keeps its int16 scale); an approximate walk over a graph with a third of its nodes
+    # deleted may rarely miss one (1 of 200 seen once in CI), so recall is bounded, not exact
+    found = 0
+    for label in survivors[:300]:
         own = float(vectors[label] @ vectors[label])
-        assert index.search(vectors[label], 1)[0] == (label, pytest.approx(own, abs=1e-4))
+        best = index.search(vectors[label], 1)[0]
+        if best[0] == label:
+            assert best[1] == pytest.approx(own, abs=1e-4)
+            found += 1
+    assert found >= 0.99 * 300
     # re-adding a label replaces its vector, in the graph and in the re-scoring rows
     index.add(np.array([1]), vectors[2550][None])
-    own = float(vectors[2550] @ vectors[2550])
-    assert index.search(vectors[2550], 1)[0] == (1, pytest.approx(own, abs=1e-4))
+    row = index._rows[1]
+    kept = index._matrix[row].astype(np.float32) * index._scales[row]
+    assert np.abs(kept - vectors[2550]).max() < 1e-4
+    graph = np.asarray(index._hnsw.get(row), dtype=np.float32).reshape(-1)
+    assert float(_unit(graph) @ _unit(index._reduce(vectors[2550][None])[0])) > 0.98
     assert index.search(vectors[1], 1)[0][0] != 1
     assert len(index) == 2500 - len(removed)
 
@@ -338,8 +357,17 @@ def test_a_worn_graph_is_rebuilt_in_the_background_without_losing_writes(
     after = index.partition(part)
     assert after is not None and after is not before and after.is_hnsw
     assert len(after) == len(live) and after.retired < 100  # only the replayed removals
-    for label, row in [*list(live.items())[::7], (changed, 3999)]:
-        assert index.search(part, vectors[row], 1)[0][0] == label
+    # every write made during the rebuild is in the new partition, exactly (the replaced
+    # vector too) ...
+    assert set(after._rows) == set(live)
+    for label, row in live.items():
+        kept = after._matrix[after._rows[label]].astype(np.float32) * after._scales[
+            after._rows[label]]
+        assert np.abs(kept - vectors[row]).max() < 1e-4
+    # ... and found by its graph (an approximate walk: recall bounded, not exact)
+    queries = [*list(live.items())[::7], (changed, 3999)]
+    found = sum(index.search(part, vectors[row], 1)[0][0] == label for label, row in queries)
+    assert found >= 0.99 * len(queries)
     returned = {found for row in range(0, 4000, 9) for found, _ in index.search(
         part, vectors[row], 5)}
     assert not returned & set(gone) and returned <= set(live)
