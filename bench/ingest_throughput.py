@@ -24,6 +24,7 @@ Writes ``bench/results/ingest.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import logging
 import platform
@@ -31,25 +32,29 @@ import re
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from reprise.rag.chunk import chunk_document  # noqa: E402
+from reprise.rag.documents import Chunk, LoadedDocument  # noqa: E402
 from reprise.rag.ingest import load_document  # noqa: E402
 from reprise.rag.tokens import count_tokens  # noqa: E402
 
 DOCS = ROOT.parent / "shared" / "data" / "documents"
 RESULT = ROOT / "bench" / "results" / "ingest.md"
 NICS = "nics-background-checks-2015-11.pdf"
+T = TypeVar("T")
 
 
-def best_time(fn: object, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
+def best_time(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
+    best = float("inf")
+    for _ in range(max(1, repeat)):
         start = time.perf_counter()
-        out = fn()  # type: ignore[operator]
+        out = fn()
         best = min(best, time.perf_counter() - start)
     return best, out
 
@@ -72,12 +77,11 @@ def throughput(files: list[Path], repeat: int) -> list[str]:
     for path in files:
         data = path.read_bytes()
 
-        def run(data: bytes = data, name: str = path.name) -> object:
+        def run(data: bytes = data, name: str = path.name) -> tuple[LoadedDocument, list[Chunk]]:
             doc = load_document(name, data, max_bytes=len(data) + 1)
             return doc, chunk_document(doc, "bench")
 
-        seconds, out = best_time(run, repeat)
-        doc, chunks = out  # type: ignore[misc]
+        seconds, (doc, chunks) = best_time(run, repeat)
         kind = path.suffix.lstrip(".")
         tokens = sum(c.tokens for c in chunks)
         acc = per_type[kind]
@@ -91,9 +95,9 @@ def throughput(files: list[Path], repeat: int) -> list[str]:
                      f"{len(chunks) / seconds:.1f} |")
     lines += ["", "| type | files | pages | chunks | seconds | pages/s | chunks/s |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for kind, (sec, pages, chunks, _tok, n) in sorted(per_type.items()):
-        lines.append(f"| {kind} | {int(n)} | {int(pages)} | {int(chunks)} | {sec:.3f} | "
-                     f"{pages / sec:.1f} | {chunks / sec:.1f} |")
+    for kind, (sec, pages, n_chunks, _tok, n) in sorted(per_type.items()):
+        lines.append(f"| {kind} | {int(n)} | {int(pages)} | {int(n_chunks)} | {sec:.3f} | "
+                     f"{pages / sec:.1f} | {n_chunks / sec:.1f} |")
     return lines
 
 
@@ -113,16 +117,16 @@ def pdf_engines(files: list[Path], repeat: int) -> list[str]:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for path in files:
         data = path.read_bytes()
-        t_pypdf, pypdf_pages = best_time(lambda d=data: with_pypdf(d), repeat)
-        t_plumb, _ = best_time(lambda d=data: with_plumber(d), repeat)
+        t_pypdf, pypdf_pages = best_time(functools.partial(with_pypdf, data), repeat)
+        t_plumb, _ = best_time(functools.partial(with_plumber, data), repeat)
         nics_a = nics_b = "-"
         if path.name == NICS:
-            rows, whole = nics_rows("\n".join(pypdf_pages))  # type: ignore[arg-type]
+            rows, whole = nics_rows("\n".join(pypdf_pages))
             nics_a = f"{whole}/{rows}"
             doc = load_document(path.name, data, max_bytes=len(data) + 1)
             rows, whole = nics_rows(doc.text)
             nics_b = f"{whole}/{rows}"
-        lines.append(f"| {path.name} | {len(pypdf_pages)} | {t_pypdf:.3f} | "  # type: ignore[arg-type]
+        lines.append(f"| {path.name} | {len(pypdf_pages)} | {t_pypdf:.3f} | "
                      f"{t_plumb:.3f} | {nics_a} | {nics_b} |")
     return lines
 

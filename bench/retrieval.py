@@ -382,7 +382,7 @@ def memo_tokenize() -> Any:
     import reprise.rag.retrieve as retrieve_module
 
     original = retrieve_module.tokenize
-    retrieve_module.tokenize = _cached_tokenize  # type: ignore[assignment]
+    retrieve_module.tokenize = _cached_tokenize
     try:
         yield
     finally:
