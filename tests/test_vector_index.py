@@ -111,6 +111,21 @@ def _spread(n: int, dim: int, seed: int) -> np.ndarray:
     return _unit(rng.standard_normal((n, dim)) * scales)
 
 
+def _kept(index: PartitionIndex, labels: list[int]) -> np.ndarray:
+    """The vectors a graph partition re-scores with (int16 rows times their scales)."""
+    rows = np.array([index._rows[label] for label in labels])
+    return index._matrix[rows].astype(np.float32) * index._scales[rows, None]
+
+
+def _graph_cosine(index: PartitionIndex, labels: list[int], vectors: np.ndarray) -> float:
+    """Worst agreement between the graph's (int8) coordinates at each label's row and that
+    label's vector projected: ~1 when every row holds its own label's vector."""
+    assert index._hnsw is not None
+    rows = np.array([index._rows[label] for label in labels])
+    stored = np.asarray(index._hnsw.get(rows), dtype=np.float32).reshape(len(rows), -1)
+    return float(np.einsum("ij,ij->i", _unit(stored), _unit(index._reduce(vectors))).min())
+
+
 def test_incremental_growth_switches_to_graph_and_keeps_every_vector() -> None:
     dim = 128
     vectors = _spread(3000, dim, 1)
@@ -124,9 +139,7 @@ def test_incremental_growth_switches_to_graph_and_keeps_every_vector() -> None:
         index.add(np.array([i]), vectors[i][None])
     assert len(index) == 3000
     # every vector is kept (int16 rows within their quantisation step) ...
-    rows = np.array([index._rows[i] for i in range(3000)])
-    kept = index._matrix[rows].astype(np.float32) * index._scales[rows, None]
-    assert np.abs(kept - vectors).max() < 1e-4
+    assert np.abs(_kept(index, list(range(3000))) - vectors).max() < 1e-4
     # ... and found by the graph: a self-query is its own nearest neighbour, but an HNSW
     # walk (built by several threads, so not deterministic) may rarely miss one; seen once
     # in a loaded CI run (428 of 429). Recall is measured on real embeddings above.
@@ -154,12 +167,8 @@ def test_remove_and_replace_stay_in_step() -> None:
     # every row's graph vector is its own label's (a moved row was renamed, not re-added
     # under another's coordinates): checked on all rows, exactly, whatever the graph walk does
     survivors = [label for label in range(2500) if label not in removed]
-    rows = np.array([index._rows[label] for label in survivors])
-    assert sorted(rows.tolist()) == list(range(len(index)))
-    stored = np.asarray(index._hnsw.get(rows), dtype=np.float32).reshape(len(rows), -1)
-    wanted = index._reduce(vectors[survivors])
-    cos = np.einsum("ij,ij->i", _unit(stored), _unit(wanted))
-    assert float(cos.min()) > 0.98  # int8 graph coordinates of the same vector
+    assert sorted(index._rows[label] for label in survivors) == list(range(len(index)))
+    assert _graph_cosine(index, survivors, vectors[survivors]) > 0.98
     # survivors (some moved rows) are found by the walk with their own similarity (a moved
     # row keeps its int16 scale); an approximate walk over a graph with a third of its nodes
     # deleted may rarely miss one (1 of 200 seen once in CI), so recall is bounded, not exact
@@ -173,11 +182,8 @@ def test_remove_and_replace_stay_in_step() -> None:
     assert found >= 0.99 * 300
     # re-adding a label replaces its vector, in the graph and in the re-scoring rows
     index.add(np.array([1]), vectors[2550][None])
-    row = index._rows[1]
-    kept = index._matrix[row].astype(np.float32) * index._scales[row]
-    assert np.abs(kept - vectors[2550]).max() < 1e-4
-    graph = np.asarray(index._hnsw.get(row), dtype=np.float32).reshape(-1)
-    assert float(_unit(graph) @ _unit(index._reduce(vectors[2550][None])[0])) > 0.98
+    assert np.abs(_kept(index, [1]) - vectors[2550]).max() < 1e-4
+    assert _graph_cosine(index, [1], vectors[2550][None]) > 0.98
     assert index.search(vectors[1], 1)[0][0] != 1
     assert len(index) == 2500 - len(removed)
 
@@ -360,14 +366,12 @@ def test_a_worn_graph_is_rebuilt_in_the_background_without_losing_writes(
     # every write made during the rebuild is in the new partition, exactly (the replaced
     # vector too) ...
     assert set(after._rows) == set(live)
-    for label, row in live.items():
-        kept = after._matrix[after._rows[label]].astype(np.float32) * after._scales[
-            after._rows[label]]
-        assert np.abs(kept - vectors[row]).max() < 1e-4
+    labels = list(live)
+    assert np.abs(_kept(after, labels) - vectors[[live[label] for label in labels]]).max() < 1e-4
     # ... and found by its graph (an approximate walk: recall bounded, not exact)
     queries = [*list(live.items())[::7], (changed, 3999)]
-    found = sum(index.search(part, vectors[row], 1)[0][0] == label for label, row in queries)
-    assert found >= 0.99 * len(queries)
+    hits = sum(index.search(part, vectors[row], 1)[0][0] == label for label, row in queries)
+    assert hits >= 0.99 * len(queries)
     returned = {found for row in range(0, 4000, 9) for found, _ in index.search(
         part, vectors[row], 5)}
     assert not returned & set(gone) and returned <= set(live)
