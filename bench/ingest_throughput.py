@@ -70,6 +70,11 @@ def nics_rows(text: str) -> tuple[int, int]:
     return rows, whole
 
 
+def load_and_chunk(name: str, data: bytes) -> tuple[LoadedDocument, list[Chunk]]:
+    doc = load_document(name, data, max_bytes=len(data) + 1)
+    return doc, chunk_document(doc, "bench")
+
+
 def throughput(files: list[Path], repeat: int) -> list[str]:
     per_type: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0, 0, 0])
     lines = ["| file | type | pages | chunks | tokens | load+chunk (s) | pages/s | chunks/s |",
@@ -77,11 +82,8 @@ def throughput(files: list[Path], repeat: int) -> list[str]:
     for path in files:
         data = path.read_bytes()
 
-        def run(data: bytes = data, name: str = path.name) -> tuple[LoadedDocument, list[Chunk]]:
-            doc = load_document(name, data, max_bytes=len(data) + 1)
-            return doc, chunk_document(doc, "bench")
-
-        seconds, (doc, chunks) = best_time(run, repeat)
+        seconds, (doc, chunks) = best_time(functools.partial(load_and_chunk, path.name, data),
+                                           repeat)
         kind = path.suffix.lstrip(".")
         tokens = sum(c.tokens for c in chunks)
         acc = per_type[kind]
