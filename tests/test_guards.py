@@ -7,12 +7,16 @@ import pytest
 from reprise.cache.guards import (
     GuardResult,
     antonym_guard,
+    class_guard,
+    class_terms,
     detect_language,
     entity_guard,
     language_guard,
     negation_guard,
     number_guard,
     numbers,
+    ordered_arguments_guard,
+    ordered_pairs,
     run_guards,
 )
 
@@ -36,6 +40,11 @@ REJECT = [
     ("第二次世界大战", "第一次世界大战", "numbers"),
     ("What is a distributed system?", "O que é um sistema distribuído?", "language"),
     ("What is a distributed system?", "什么是分布式系统？", "language"),
+    ("Convert 5 km to miles", "Convert 5 miles to km", "opposite order"),
+    ("从北京到上海", "从上海到北京", "opposite order"),
+    ("How many cups are in a liter?", "How many cups are in a gallon?", "units"),
+    ("Vai chover hoje?", "Vai chover amanhã?", "time references"),
+    ("How do I turn on dark mode?", "How do I turn off dark mode?", "antonyms"),
 ]
 
 ACCEPT = [
@@ -58,7 +67,7 @@ ACCEPT = [
 def test_rejects_answer_changing_differences(query: str, candidate: str, word: str) -> None:
     result = run_guards(query, candidate)
     assert not result.ok
-    assert result.reason is not None and word.rstrip("s") in result.reason
+    assert result.reason is not None and word.removesuffix("s") in result.reason
     # Symmetric: the stored and the asked question can swap roles.
     assert not run_guards(candidate, query).ok
 
@@ -152,6 +161,29 @@ GUARD_CASES = {
          ("怎么开启蓝牙", "如何打开蓝牙"),
          ("buy or sell a house", "sell or buy a house")],
     ),
+    ordered_arguments_guard: (
+        [("Convert 5 km to miles", "Convert 5 miles to km"),
+         ("How do I get from Lisbon to Porto?", "How do I get from Porto to Lisbon?"),
+         ("5 quilômetros em milhas", "5 milhas em quilômetros"),
+         ("10 dividido por 2", "2 dividido por 10"),
+         ("从北京到上海", "从上海到北京"),
+         ("10减3等于几", "3减10等于几")],
+        [("Python vs Java", "Java vs Python"),
+         ("Convert 5 km to miles", "How many miles is 5 km?"),
+         ("从北京到上海怎么走？", "北京到上海怎么去？"),
+         ("How is Quora different from Wikipedia?", "How is Wikipedia different from Quora?")],
+    ),
+    class_guard: (
+        [("How many cups are in a liter?", "How many cups are in a gallon?"),
+         ("Quanto é 50 euros em reais?", "Quanto é 50 libras em reais?"),
+         ("今天北京的天气怎么样？", "明天北京的天气怎么样？"),
+         ("O banco abre no sábado?", "O banco abre no domingo?"),
+         ("英语难学吗？", "日语难学吗？")],
+        [("How long should I boil an egg?", "How many minutes should I boil an egg?"),
+         ("Quanto é 100 reais em dólares?", "Converter 100 reais para dólares"),
+         ("聪明天才是怎么培养的", "天才是怎么培养的"),  # "聪明天才" holds "明天", not a day
+         ("What's on TV tonight?", "what is on tv tonight")],
+    ),
     language_guard: (
         [("How do I configure the router?", "Como configurar o roteador?"),
          ("如何配置路由器", "Como configurar o roteador?"),
@@ -173,3 +205,97 @@ def test_guard_on_its_own_cases(guard: object, query: str, candidate: str, fires
     assert callable(guard)
     assert (guard(query, candidate) is not None) is fires
     assert (guard(candidate, query) is not None) is fires  # symmetric
+
+
+# --- ordered arguments: one mechanism over every asymmetric connective, in three languages
+ORDERED_SWAPS = [
+    ("Convert 5 km to miles", "Convert 5 miles to km"),
+    ("Converter 5 quilômetros em milhas", "Converter 5 milhas em quilômetros"),
+    ("5 kilometers to miles", "5 milhas em quilômetros"),  # spelled differently, same units
+    ("Train times from Lisbon to Porto", "Train times from Porto to Lisbon"),
+    ("flights from New York to Los Angeles", "flights from Los Angeles to New York"),
+    ("Como ir de Lisboa para o Porto?", "Como ir do Porto para Lisboa?"),
+    ("Como ir de Lisboa ao Porto?", "Como ir do Porto a Lisboa?"),
+    ("从北京到上海的高铁", "从上海到北京的高铁"),
+    ("北京飞上海的航班", "上海飞北京的航班"),
+    ("What is 10 minus 3?", "What is 3 minus 10?"),
+    ("Quanto é 10 menos 3?", "Quanto é 3 menos 10?"),
+    ("10 divided by 2", "2 divided by 10"),
+    ("Quanto é 10 dividido por 2?", "Quanto é 2 dividido por 10?"),
+    ("10除以2等于多少", "2除以10等于多少"),
+    ("what is 10 / 4", "what is 4 / 10"),
+    ("Translate from English to Portuguese: good morning",
+     "Translate from Portuguese to English: good morning"),
+    ("把这句话从英文翻译成中文", "把这句话从中文翻译成英文"),
+    ("USD to EUR", "EUR to USD"),
+    ("What is 100 USD in EUR?", "What is 100 EUR in USD?"),
+    ("Quanto vale 100 reais em dólares?", "Quanto vale 100 dólares em reais?"),
+    ("100美元换成人民币是多少？", "100人民币换成美元是多少？"),
+    ("1公斤等于多少磅？", "1磅等于多少公斤？"),
+    ("How many cups are in a liter?", "How many liters are in a cup?"),
+    ("Is a crocodile bigger than an alligator?", "Is an alligator bigger than a crocodile?"),
+    ("O Brasil é maior que a Argentina?", "A Argentina é maior que o Brasil?"),
+    ("O Brasil é maior do que a Argentina?", "A Argentina é maior do que o Brasil?"),
+    ("猫比狗聪明吗？", "狗比猫聪明吗？"),
+    ("Convert 5 miles to km", "How many miles is 5 km?"),  # the quantity word is the target
+]
+
+ORDERED_SAME = [
+    # symmetric connectives name no order
+    ("Python vs Java", "Java vs Python"),
+    ("Python or Java for beginners?", "Java or Python for beginners?"),
+    ("Diferença entre Python e Java", "Diferença entre Java e Python"),
+    ("猫和狗哪个更聪明", "狗和猫哪个更聪明"),
+    ("difference between a crocodile and an alligator",
+     "difference between an alligator and a crocodile"),
+    ("How is Quora different from Wikipedia?", "How is Wikipedia different from Quora?"),
+    # the same direction in another construction
+    ("Convert 5 km to miles", "How many miles is 5 km?"),
+    ("Convert 5 km to miles", "5 kilometers in miles"),
+    ("Quanto é 100 reais em dólares?", "Converter 100 reais para dólares"),
+    ("Como ir de Lisboa para o Porto?", "Qual a melhor forma de ir de Lisboa ao Porto?"),
+    ("从北京到上海怎么走？", "北京到上海怎么去？"),
+    ("100美元换成人民币是多少？", "100美元等于多少人民币？"),
+    ("How do I get to Lisbon from Porto?", "How do I get from Porto to Lisbon?"),
+    # both directions named on one side
+    ("flights from Lisbon to Porto and from Porto to Lisbon", "flights from Porto to Lisbon"),
+    # Portuguese-looking words in English and resultative 到 in Chinese are not connectives
+    ("How do I delete a question from Quora?", "How do you delete a question on Quora?"),
+    ("正宗的大闸蟹去哪里买？", "哪里可以买到正宗的大闸蟹"),
+    ("口香糖弄到衣服上怎么去除呢？", "衣服上弄到口香糖怎么去除?"),
+    ("Antes ou depois de comer?", "Depois ou antes de comer?"),
+]
+
+
+@pytest.mark.parametrize(("stored", "asked"), ORDERED_SWAPS)
+def test_swapped_arguments_are_refused(stored: str, asked: str) -> None:
+    reason = ordered_arguments_guard(asked, stored)
+    assert reason is not None and "opposite order" in reason
+    assert ordered_arguments_guard(stored, asked) is not None  # symmetric
+    assert not run_guards(asked, stored).ok
+
+
+@pytest.mark.parametrize(("stored", "asked"), ORDERED_SAME)
+def test_same_or_unordered_arguments_pass(stored: str, asked: str) -> None:
+    assert ordered_arguments_guard(asked, stored) is None
+    assert ordered_arguments_guard(stored, asked) is None
+
+
+def test_ordered_pairs_canonicalise_arguments() -> None:
+    # Units take one identity in every language; numbers their value; "convert" is no argument.
+    assert ordered_pairs("Convert 5 km to miles") == {("5", "mile"), ("km", "mile")}
+    assert ordered_pairs("converter cinco quilômetros em milhas") == {("5", "mile"),
+                                                                      ("km", "mile")}
+    assert ordered_pairs("5公里换成英里") == {("5", "mile"), ("km", "mile")}
+    assert ordered_pairs("Python vs Java") == frozenset()
+    assert ordered_pairs("How to learn Python") == frozenset()  # nothing left of "to"
+    assert ordered_pairs("What is the capital of France?") == frozenset()
+
+
+def test_class_terms_take_the_longest_spelling() -> None:
+    assert class_terms("the day after tomorrow") == {("time reference", "after tomorrow")}
+    assert class_terms("jogos neste fim de semana") == {("time reference", "this weekend")}
+    assert class_terms("这周末有什么电影") == {("time reference", "this weekend")}
+    assert class_terms("一英里是多少公里") == {("unit", "mile"), ("unit", "km")}
+    assert class_terms("小米手机的密码") == frozenset()  # 米 and 码 inside other words
+    assert ("currency", "brl") in class_terms("R$ 50")

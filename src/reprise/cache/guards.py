@@ -3,7 +3,9 @@
 Embeddings put "capital of France" and "capital of Germany" close together because they
 share everything but the one word that decides the answer. A wrong cached answer is worse
 than a miss, so before a candidate is served these rules look for the differences that
-embeddings blur: numbers, named entities, negation, antonyms and the answer's language.
+embeddings blur: numbers, named entities, negation, antonyms, arguments swapped around an
+asymmetric connective ("5 km to miles" / "5 miles to km"), one unit, currency, language,
+weekday, month or time reference put for another, and the answer's language.
 
 Each guard is ``(query, candidate) -> reason | None``. They are deliberately asymmetric-safe
 (swapping the two texts gives the same verdict) and tuned for precision: a guard fires only
@@ -16,6 +18,7 @@ and are judged by the embedder and the verifier alone.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Callable
@@ -653,6 +656,16 @@ _ANTONYMS_EN: tuple[tuple[str, str], ...] = (
     ("install*", "uninstall*"),
     ("login", "logout"),
     ("log in", "log out"),
+    # Phrasal verbs whose particle is the whole difference ("turn on" / "turn off"). A "*"
+    # word is a stem, and a pronoun may sit between verb and particle ("turn it off").
+    ("turn* on", "turn* off"),
+    ("switch* on", "switch* off"),
+    ("zoom* in", "zoom* out"),
+    ("sign* in", "sign* out"),
+    ("log* on", "log* off"),
+    ("opt* in", "opt* out"),
+    ("check* in", "check* out"),
+    ("plug* in", "unplug*"),
     ("accept*", "reject*"),
     ("allow*", "deny*"),
     ("push*", "pull*"),
@@ -839,7 +852,17 @@ _ANTONYMS_ZH: tuple[tuple[str, str], ...] = (
 
 
 _LATIN_TERMS = frozenset(t for pair in (*_ANTONYMS_EN, *_ANTONYMS_PT) for t in pair)
-_TERM_PHRASES = frozenset(t for t in _LATIN_TERMS if " " in t)
+_TERM_PHRASES = {
+    t: re.compile(
+        " "
+        + r" (?:(?:it|them|this|that|him|her) )?".join(
+            re.escape(w[:-1]) + r"\w*" if w.endswith("*") else re.escape(w) for w in t.split()
+        )
+        + " "
+    )
+    for t in _LATIN_TERMS
+    if " " in t
+}
 _TERM_STEMS = frozenset(t[:-1] for t in _LATIN_TERMS if " " not in t and t.endswith("*"))
 _TERM_WORDS = frozenset(t for t in _LATIN_TERMS if " " not in t and not t.endswith("*"))
 
@@ -847,7 +870,8 @@ _TERM_WORDS = frozenset(t for t in _LATIN_TERMS if " " not in t and not t.endswi
 @lru_cache(maxsize=8192)
 def _latin_terms(text: str) -> frozenset[str]:
     """The antonym-list terms a text contains, in the lists' spelling ("desativ*" for a word
-    starting with that stem, a phrase when its words appear in a row).
+    starting with that stem, a phrase when its words appear in a row, or with a pronoun
+    between a phrasal verb and its particle).
 
     Found per token (every prefix looked up in the stem set) rather than per term: a
     lookup compares the question with each of its candidates, and the lists hold a few
@@ -860,7 +884,7 @@ def _latin_terms(text: str) -> frozenset[str]:
             found.add(tok)
         found.update(tok[:i] + "*" for i in range(1, len(tok) + 1) if tok[:i] in _TERM_STEMS)
     padded = f" {' '.join(toks)} "
-    found.update(ph for ph in _TERM_PHRASES if f" {ph} " in padded)
+    found.update(ph for ph, rx in _TERM_PHRASES.items() if rx.search(padded))
     return frozenset(found)
 
 
@@ -874,7 +898,7 @@ def antonym_pairs(query: str, candidate: str) -> list[tuple[str, str]]:
             # The negative-prefix form ("desativ*") also starts like no positive stem, but
             # "dis/des/un" words do not start with the positive stem, so this test is exact.
             if (qx and not qy and cy and not cx) or (qy and not qx and cx and not cy):
-                hits.append((x.rstrip("*"), y.rstrip("*")))
+                hits.append((x.replace("*", ""), y.replace("*", "")))
     if has_cjk(query) or has_cjk(candidate):
         qs, cs = normalize(query), normalize(candidate)
         for x, y in _ANTONYMS_ZH:
@@ -893,6 +917,567 @@ def antonym_guard(query: str, candidate: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
+# closed classes: units, currencies, language names, weekdays, months, time references
+# --------------------------------------------------------------------------------------------
+# Words that decide an answer without being a number, a name or a negation: "cups in a
+# liter" / "cups in a gallon", "weather today" / "weather tomorrow", "美元" / "欧元". Each
+# class lists every value with its spellings in English, Portuguese and Chinese; swapping
+# one value for another of the same class changes the answer, so it is a veto like a swapped
+# name. The same tables give the ordered-arguments guard one identity per unit ("km",
+# "quilômetros" and "公里" are all "km"), so "5 km to miles" and "5 milhas em quilômetros"
+# are compared as the same pair of arguments.
+#
+# Latin single words also match with a plural "s"; ambiguous words are left out on purpose:
+# "may"/"march" (verbs), "second" (an ordinal), "real" (the English adjective), "m"/"g"/"l"
+# (letters), "won" (a verb), "月" (also part of every Chinese month name).
+_CLASS_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
+    "unit": {
+        "km": ("km", "kms", "kilometer", "kilometre", "quilômetro", "quilómetro",
+               "quilometro", "公里", "千米"),
+        "mile": ("mile", "miles", "milha", "milhas", "英里"),
+        "m": ("meter", "metre", "metro", "米"),
+        "cm": ("cm", "centimeter", "centimetre", "centímetro", "centimetro", "厘米", "公分"),
+        "mm": ("mm", "millimeter", "millimetre", "milímetro", "milimetro", "毫米"),
+        "inch": ("inch", "inches", "polegada", "英寸"),
+        "foot": ("foot", "feet", "ft", "pé", "pés", "英尺"),
+        "yard": ("yard", "jarda", "码"),
+        "kg": ("kg", "kgs", "kilogram", "kilogramme", "kilo", "quilo", "quilograma",
+               "公斤", "千克"),
+        "g": ("gram", "gramme", "grama", "克"),
+        "lb": ("pound", "lb", "lbs", "libra", "磅"),
+        "oz": ("ounce", "oz", "onça", "盎司"),
+        "jin": ("斤",),
+        "ton": ("ton", "tonne", "tonelada", "吨"),
+        "l": ("liter", "litre", "litro", "升"),
+        "ml": ("ml", "milliliter", "millilitre", "mililitro", "毫升"),
+        "gallon": ("gallon", "galão", "galões", "加仑"),
+        "cup": ("cup", "xícara", "xicara", "chávena", "杯"),
+        "tablespoon": ("tablespoon", "tbsp", "colher de sopa", "colheres de sopa", "汤匙"),
+        "teaspoon": ("teaspoon", "tsp", "colher de chá", "colheres de chá", "茶匙"),
+        "celsius": ("celsius", "centigrade", "°c", "摄氏", "摄氏度"),
+        "fahrenheit": ("fahrenheit", "°f", "华氏", "华氏度"),
+        "kelvin": ("kelvin", "开尔文"),
+        "hour": ("hour", "hora", "小时", "钟头"),
+        "minute": ("minute", "minuto", "分钟"),
+        "second": ("seconds", "segundos", "秒", "秒钟"),
+        "day": ("day", "dia", "天"),
+        "week": ("week", "semana", "周", "星期"),
+        "month": ("month", "mês", "meses", "个月"),
+        "year": ("year", "ano", "年"),
+        "byte": ("byte", "kb", "mb", "gb", "tb", "kilobyte", "megabyte", "gigabyte",
+                 "terabyte", "字节"),
+        "acre": ("acre", "hectare", "亩", "公顷"),
+    },
+    "currency": {
+        "usd": ("dollar", "usd", "us$", "dólar", "dólares", "dolar", "dolares", "美元", "美金"),
+        "eur": ("euro", "eur", "€", "欧元"),
+        "gbp": ("pound", "gbp", "sterling", "libra", "£", "英镑"),
+        "brl": ("reais", "brl", "r$", "雷亚尔"),
+        "cny": ("yuan", "rmb", "cny", "renminbi", "人民币", "元"),
+        "jpy": ("yen", "jpy", "iene", "ienes", "日元", "日币"),
+        "krw": ("krw", "韩元"),
+        "inr": ("rupee", "inr", "rúpia", "卢比"),
+        "hkd": ("hkd", "港币", "港元"),
+        "btc": ("bitcoin", "btc", "比特币"),
+    },
+    "language name": {
+        "english": ("english", "inglês", "ingles", "英语", "英文"),
+        "portuguese": ("portuguese", "português", "portugues", "葡萄牙语", "葡语"),
+        "chinese": ("chinese", "mandarin", "chinês", "chines", "mandarim", "中文", "汉语",
+                    "普通话"),
+        "spanish": ("spanish", "espanhol", "西班牙语"),
+        "french": ("french", "francês", "frances", "法语", "法文"),
+        "german": ("german", "alemão", "alemao", "德语", "德文"),
+        "japanese": ("japanese", "japonês", "japones", "日语", "日文"),
+        "korean": ("korean", "coreano", "韩语", "韩文"),
+        "italian": ("italian", "italiano", "意大利语"),
+        "russian": ("russian", "russo", "俄语"),
+        "arabic": ("arabic", "árabe", "arabe", "阿拉伯语"),
+        "hindi": ("hindi", "印地语"),
+    },
+    "weekday": {
+        "mon": ("monday", "segunda", "segunda-feira", "周一", "星期一", "礼拜一"),
+        "tue": ("tuesday", "terça", "terca", "terça-feira", "周二", "星期二", "礼拜二"),
+        "wed": ("wednesday", "quarta", "quarta-feira", "周三", "星期三", "礼拜三"),
+        "thu": ("thursday", "quinta", "quinta-feira", "周四", "星期四", "礼拜四"),
+        "fri": ("friday", "sexta", "sexta-feira", "周五", "星期五", "礼拜五"),
+        "sat": ("saturday", "sábado", "sabado", "周六", "星期六", "礼拜六"),
+        "sun": ("sunday", "domingo", "周日", "周天", "星期日", "星期天", "礼拜日", "礼拜天"),
+    },
+    "month": {
+        "jan": ("january", "janeiro"),
+        "feb": ("february", "fevereiro"),
+        "mar": ("março",),
+        "apr": ("april", "abril"),
+        "may": ("maio",),
+        "jun": ("june", "junho"),
+        "jul": ("july", "julho"),
+        "aug": ("august", "agosto"),
+        "sep": ("september", "setembro"),
+        "oct": ("october", "outubro"),
+        "nov": ("november", "novembro"),
+        "dec": ("december", "dezembro"),
+    },
+    "time reference": {
+        "today": ("today", "tonight", "this morning", "this afternoon", "this evening",
+                  "hoje", "hoje à noite", "esta noite", "nesta noite", "今天", "今日", "今晚",
+                  "今早", "今天晚上"),
+        "tomorrow": ("tomorrow", "tomorrow night", "tomorrow morning", "amanhã", "amanha",
+                     "明天", "明日", "明晚", "明早", "明天晚上"),
+        "yesterday": ("yesterday", "last night", "ontem", "昨天", "昨日", "昨晚"),
+        "after tomorrow": ("day after tomorrow", "depois de amanhã", "后天"),
+        "before yesterday": ("day before yesterday", "anteontem", "前天"),
+        "this week": ("this week", "esta semana", "nesta semana", "essa semana",
+                      "nessa semana", "这周", "本周", "这个星期", "这星期", "这个礼拜"),
+        "next week": ("next week", "próxima semana", "proxima semana", "semana que vem",
+                      "下周", "下个星期", "下星期", "下个礼拜", "下礼拜"),
+        "last week": ("last week", "semana passada", "上周", "上个星期", "上星期",
+                      "上个礼拜", "上礼拜"),
+        "this weekend": ("this weekend", "este fim de semana", "neste fim de semana",
+                         "esse fim de semana", "nesse fim de semana", "这周末", "这个周末",
+                         "本周末"),
+        "next weekend": ("next weekend", "próximo fim de semana", "proximo fim de semana",
+                         "fim de semana que vem", "下周末", "下个周末"),
+        "last weekend": ("last weekend", "fim de semana passado", "上周末", "上个周末"),
+        "this month": ("this month", "este mês", "neste mês", "esse mês", "nesse mês",
+                       "这个月", "本月"),
+        "next month": ("next month", "próximo mês", "proximo mes", "mês que vem", "下个月",
+                       "下月"),
+        "last month": ("last month", "mês passado", "上个月", "上月"),
+        "this year": ("this year", "este ano", "neste ano", "esse ano", "nesse ano", "今年",
+                      "本年"),
+        "next year": ("next year", "próximo ano", "proximo ano", "ano que vem", "明年"),
+        "last year": ("last year", "ano passado", "去年"),
+    },
+}
+_CLASS_LABELS = {
+    "unit": "units",
+    "currency": "currencies",
+    "language name": "language names",
+    "weekday": "weekdays",
+    "month": "months",
+    "time reference": "time references",
+}
+
+ClassTerm = tuple[str, str]  # (class, value)
+
+
+def _class_tables() -> tuple[
+    dict[str, set[ClassTerm]], dict[tuple[str, ...], set[ClassTerm]], dict[str, set[ClassTerm]]
+]:
+    """Latin single words (with plurals), Latin phrases (by words) and Chinese terms."""
+    single: dict[str, set[ClassTerm]] = {}
+    phrases: dict[tuple[str, ...], set[ClassTerm]] = {}
+    zh: dict[str, set[ClassTerm]] = {}
+    for cls, values in _CLASS_VALUES.items():
+        for value, forms in values.items():
+            for form in forms:
+                if _CJK.search(form):
+                    zh.setdefault(form, set()).add((cls, value))
+                elif " " in form or "-" in form:
+                    key = tuple(words(form))
+                    phrases.setdefault(key, set()).add((cls, value))
+                else:
+                    variants = {form}
+                    if form[-1].isalpha() and not form.endswith("s"):
+                        variants |= {form + "s", form + "es"} if form.endswith("h") else {
+                            form + "s"}
+                    for v in variants:
+                        single.setdefault(v, set()).add((cls, value))
+    return single, phrases, zh
+
+
+_CLASS_SINGLE, _CLASS_PHRASES, _CLASS_ZH = _class_tables()
+_CLASS_PHRASE_MAX = max(len(k) for k in _CLASS_PHRASES)
+_CLASS_ZH_LONG = sorted((t for t in _CLASS_ZH if len(t) > 1), key=len, reverse=True)
+_ZH_QUANTITY_PREFIX = re.compile(r"^(?:[\d零〇一二两三四五六七八九十百千万亿几每]+|多少|半)$")
+# Symbols glued to numbers ("R$ 50", "30°C") that ``words`` drops.
+_CLASS_SYMBOLS = (
+    (re.compile(r"R\$"), ("currency", "brl")),
+    (re.compile(r"(?<![A-Za-z])(?:US)?\$"), ("currency", "usd")),
+    (re.compile(r"€"), ("currency", "eur")),
+    (re.compile(r"£"), ("currency", "gbp")),
+    (re.compile(r"[°º]\s*C\b", re.IGNORECASE), ("unit", "celsius")),
+    (re.compile(r"[°º]\s*F\b", re.IGNORECASE), ("unit", "fahrenheit")),
+)
+
+
+def _zh_class_split(token: str) -> list[tuple[str, set[ClassTerm]]]:
+    """A jieba token cut around the closed-class terms inside it: jieba glues some to a
+    neighbour ("一英里", "英文翻译", "美元兑"). A one-character term ("米", "元", "天") counts
+    only as a whole token or after a numeral ("几斤", "3天"): inside a word it is usually
+    another word's character ("小米", "密码", "天气")."""
+    if token in _CLASS_ZH:
+        return [(token, _CLASS_ZH[token])]
+    for term in _CLASS_ZH_LONG:
+        k = token.find(term)
+        if k >= 0:
+            return [*(_zh_class_split(token[:k]) if k else []), (term, _CLASS_ZH[term]),
+                    *(_zh_class_split(token[k + len(term):]) if k + len(term) < len(token)
+                      else [])]
+    last = token[-1]
+    if len(token) > 1 and last in _CLASS_ZH and _ZH_QUANTITY_PREFIX.match(token[:-1]):
+        return [(token[:-1], set()), (last, _CLASS_ZH[last])]
+    return [(token, set())]
+
+
+@lru_cache(maxsize=8192)
+def class_terms(text: str) -> frozenset[ClassTerm]:
+    """The closed-class values a text names: ``{("unit", "km"), ("time reference", "today")}``.
+
+    Longest spelling first, so "day after tomorrow" is one value and not also "tomorrow",
+    and "neste fim de semana" is "this weekend" and not also a "week" unit.
+    """
+    t = normalize(text)
+    found: set[ClassTerm] = set()
+    for rx, term in _CLASS_SYMBOLS:
+        if rx.search(t):
+            found.add(term)
+    toks = words(t)
+    i = 0
+    while i < len(toks):
+        for n in range(min(_CLASS_PHRASE_MAX, len(toks) - i), 1, -1):
+            terms = _CLASS_PHRASES.get(tuple(toks[i : i + n]))
+            if terms:
+                found |= terms
+                i += n
+                break
+        else:
+            found |= _CLASS_SINGLE.get(toks[i], set())
+            i += 1
+    if has_cjk(t):
+        found |= _zh_class_terms(t)
+    return frozenset(found)
+
+
+def _zh_class_terms(t: str) -> set[ClassTerm]:
+    """Chinese closed-class terms, longest first over the whole text (jieba splits "这周末"
+    into "这" + "周末"), kept only where a term starts or ends on a jieba word boundary: a
+    term straddling two words is a coincidence of characters ("聪明天才" holds "明天")."""
+    tokens = [w for w, _tag in cjk_tagged(t)]
+    bounds, pos = {0}, 0
+    for w in tokens:
+        k = t.find(w, pos)
+        if k >= 0:
+            bounds.update((k, k + len(w)))
+            pos = k + len(w)
+    found: set[ClassTerm] = set()
+    rest = list(t)
+    for term in _CLASS_ZH_LONG:
+        k = t.find(term)
+        while k >= 0:
+            end = k + len(term)
+            if (k in bounds or end in bounds) and all(ch == t[j] for j, ch in
+                                                      enumerate(rest[k:end], k)):
+                found |= _CLASS_ZH[term]
+                rest[k:end] = " " * len(term)
+            k = t.find(term, k + 1)
+    for word, _tag in cjk_tagged("".join(rest)):
+        for _part, terms in _zh_class_split(word):
+            found |= terms
+    return found
+
+
+def class_guard(query: str, candidate: str) -> str | None:
+    """One unit, currency, language, weekday, month or time reference swapped for another
+    of its kind ("cups in a liter" / "cups in a gallon", "hoje" / "amanhã", "美元" / "欧元").
+
+    Like the entity guard, only a substitution fires (each side names a value of the class
+    the other does not); a value named on one side only is common in paraphrases ("how long
+    to boil an egg" / "how many minutes to boil an egg") and is left to the verifier.
+    """
+    qt, ct = class_terms(query), class_terms(candidate)
+    if qt == ct:
+        return None
+    for cls in _CLASS_VALUES:
+        only_q = sorted(v for c, v in qt - ct if c == cls)
+        only_c = sorted(v for c, v in ct - qt if c == cls)
+        if only_q and only_c:
+            return f"{_CLASS_LABELS[cls]} differ ({only_q[0]} vs {only_c[0]})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# ordered arguments
+# --------------------------------------------------------------------------------------------
+# "Convert 5 km to miles" and "Convert 5 miles to km" share every word and every number, and
+# embeddings barely see the order. Around an asymmetric connective (to, from…to, minus,
+# divided by, than, before/after; para, de…para, em, menos, dividido por, que after a
+# comparative; 到, 从…到, 换成, 减, 除以, 比) each text names an ordered pair of arguments
+# (source, target); when the other text names the same two arguments in the opposite order
+# and never in this one, the question is another question. Symmetric connectives (and, or,
+# vs, e, ou, x, 和, 与, 还是) name no order and only end an argument.
+#
+# An argument is up to three content words next to the connective, inside its clause and
+# stopped by the next connective or a "from" marker (from, de/do/da, 从, 把), so a multi-word
+# name ("New York", "Estados Unidos") is one argument. Units, currencies and language names
+# take their closed-class value and numbers their canonical value, so the two texts may
+# spell them differently ("5 km" / "cinco quilômetros").
+_ARG_WINDOW = 3
+_BOUNDARY_WORDS = frozenset(
+    "and or nor vs versus x & but if when while because e ou nem mas se quando enquanto "
+    "porque 和 与 跟 或 或者 还是 及 以及 并且 但是 如果 因为 同 对比".split()
+)
+_PUNCT = frozenset(".,;:!?()[]{}\"“”«»'`。，；：！？、（）【】「」『』…")
+# Words that connect arguments in every use: "X to Y" is (X, Y).
+_CONN_FORWARD = frozenset(
+    "to into -> => → minus than before after "
+    "para pra menos antes depois até "
+    "到 至 往 去 飞 转 换成 转成 转换成 兑换成 换算成 翻译成 译成 折合 成 兑 "
+    "减 减去 除以 比".split()
+)
+# Connectives only between numbers ("10 / 2", "10 - 2", "3 over 4").
+_CONN_NUMERIC = frozenset("over / ÷ - − –".split())
+# Connectives only between units, currencies or language names ("5 km in miles",
+# "100 reais em dólares"); everywhere else "in"/"em" is a place or a topic.
+_CONN_CLOSED = frozenset("in em".split())
+# Chinese motion verbs connect two places ("北京到上海", "北京飞上海") only when both sit right
+# next to them and neither is a verb: "买到" / "弄到衣服上" are results, "去哪里买" a question.
+_CONN_ZH_MOTION = frozenset("到 至 往 去 飞".split())
+# Portuguese "a"/"ao"/"à" connect only inside "de X a Y"; elsewhere they are articles.
+_CONN_FROM_FRAME = frozenset("a ao à aos às".split())
+# "How many miles is 5 km", "quantos metros tem uma milha": the quantity word names the
+# target, so these read backwards — (5 km, miles).
+_CONN_QUANTITY = frozenset(
+    "is are make makes equal equals in tem têm há cabem equivale equivalem são é em".split()
+)
+_QUANTITY_WORDS = frozenset("many quantos quantas".split())
+# Chinese conversion verbs that connect only when a quantity word follows ("1公斤等于多少磅").
+_CONN_ZH_QUANTITY = frozenset("是 有 等于 合 相当于".split())
+_ZH_QUANTITY = frozenset("多少 几".split())
+_COMPARATIVES = frozenset(
+    "mais menos maior maiores menor menores melhor melhores pior piores superior inferior".split()
+)
+_TWO_WORD_CONN = {
+    ("divided", "by"): "divided by",
+    ("dividido", "por"): "dividido por",
+    ("dividida", "por"): "dividido por",
+    ("divididos", "por"): "dividido por",
+    ("elevado", "a"): "elevado a",
+    ("do", "que"): "do que",  # "maior do que": "do" is not a "from" marker here
+    ("raised", "to"): "to",
+}
+_FROM_MARKERS = frozenset("from de do da dos das desde 从 把 由 自".split())
+# Relations that hold both ways: "how is X different from Y" is "how is Y different from X".
+_SYMMETRIC = frozenset(
+    "different differ differs differed difference differences compare compared comparison "
+    "similar same distinguish diferente diferentes diferença diferenças diferem difere "
+    "comparar comparado comparada comparação semelhante parecido parecida igual "
+    "区别 不同 差别 相比 比较 一样".split()
+)
+# Connective words of one language only: in an English question "do", "a", "para" are not
+# Portuguese markers ("How do I delete a question"), and in a Portuguese one "to" is not.
+_PT_ONLY = frozenset(
+    "para pra menos antes depois até a ao à aos às em que tem têm há cabem equivale "
+    "equivalem são é de do da dos das desde dividido dividida divididos elevado quantos "
+    "quantas".split()
+)
+_EN_ONLY = frozenset(
+    "to into minus than before after over in from is are make makes equal equals divided "
+    "raised many".split()
+)
+_TO_FAMILY = frozenset("to into till until through -> → para pra até a ao à 到 至".split())
+# Verbs that frame a conversion or a trip without being one of its arguments.
+_ARG_STOP = frozenset(
+    "many much quantos quantas quanto quanta please convert converter converting "
+    "conversion translate translating traduzir traduza traduz tradução go going get ir "
+    "vou travel viajar fly voar say dizer diz calculate calcular calcule "
+    "多少 几 怎么 怎样 怎么样 什么 如何 请问 哪里 哪个 翻译 兑换 转换 换算 折算 想 要 我 你 "
+    "他 她 它 我们 的 了 吗 呢 吧 啊 是 有 在 会 能 可以 需要 一下".split()
+)
+_ORD_TOKEN = re.compile(
+    r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:['’][^\W\d_]+)*|->|=>|[→/÷\-−–&]|[^\w\s]"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tok:
+    text: str  # lower-cased surface
+    arg: str  # identity as an argument: number value, closed-class value, or the word
+    content: bool  # may be (part of) an argument
+    number: bool
+    closed: bool  # a unit, currency or language name
+    verb: bool = False  # jieba tags it a verb (Chinese only)
+
+
+def _latin_arg(word: str) -> _Tok:
+    if re.fullmatch(r"\d+(?:[.,]\d+)*", word):
+        return _Tok(word, _latin_number(word, None), True, True, False)
+    if word in _EN_NUM or word in _PT_NUM:
+        return _Tok(word, str(_EN_NUM.get(word, _PT_NUM.get(word))), True, True, False)
+    terms = [v for c, v in _CLASS_SINGLE.get(word, ()) if c != "time reference"]
+    if terms:
+        return _Tok(word, min(terms), True, False, True)
+    base = word.split("'")[0]
+    stop = (base in _EN_STOP or base in _PT_STOP or base in _ARG_STOP or not word[0].isalnum()
+            or word in _BOUNDARY_WORDS)
+    arg = word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+    return _Tok(word, arg, not stop, False, False)
+
+
+def _zh_arg(part: str, terms: set[ClassTerm]) -> _Tok:
+    if re.fullmatch(r"\d+(?:[.,]\d+)*", part):
+        return _Tok(part, _latin_number(part, None), True, True, False)
+    if _CJK.search(part) is None:
+        return _latin_arg(part.lower())
+    values = sorted(v for c, v in terms if c in ("unit", "currency", "language name"))
+    if values:
+        return _Tok(part, values[0], True, False, True)
+    if re.fullmatch(r"第?[零〇一二两三四五六七八九十百千万亿]+", part):
+        value = _zh_value(part)
+        if value is not None:
+            return _Tok(part, value, True, True, False)
+    stop = part in _ARG_STOP or all(ch in _ZH_FUNCTION for ch in part)
+    return _Tok(part, part, not stop, False, False)
+
+
+def _arg_tokens(text: str) -> list[_Tok]:
+    t = normalize(text).lower()
+    if not has_cjk(t):
+        lang = detect_language(t)
+        foreign = _PT_ONLY if lang == "en" else _EN_ONLY if lang == "pt" else frozenset()
+        toks = [_latin_arg(w.replace("’", "'")) for w in _ORD_TOKEN.findall(t)]
+        # The other language's connectives become plain (stop) words: "#" matches no table.
+        return [_Tok("#" + k.text, k.arg, False, False, False) if k.text in foreign else k
+                for k in toks]
+    out: list[_Tok] = []
+    for word, tag in cjk_tagged(t):
+        for part, terms in _zh_class_split(word):
+            tok = _zh_arg(part, terms)
+            out.append(dataclasses.replace(tok, verb=tag.startswith("v") and part == word))
+    return out
+
+
+def _boundary(tok: _Tok) -> bool:
+    return tok.text in _PUNCT or tok.text in _BOUNDARY_WORDS
+
+
+def _stops_window(tok: _Tok) -> bool:
+    return (_boundary(tok) or tok.text in _CONN_FORWARD or tok.text in _CONN_NUMERIC
+            or tok.text in _CONN_CLOSED or tok.text in ("que", "from", "por", "by"))
+
+
+def _window(toks: list[_Tok], start: int, step: int) -> list[int]:
+    """Indices of up to ``_ARG_WINDOW`` content tokens from ``start`` in direction ``step``,
+    inside the clause and before the next connective. A "from" marker ends a left window
+    (it opens the argument) and a right one once it holds a word ("para o Porto de
+    comboio"), not before ("antes de comer")."""
+    out: list[int] = []
+    j = start
+    while 0 <= j < len(toks) and len(out) < _ARG_WINDOW:
+        tok = toks[j]
+        if _stops_window(tok) or (tok.text in _FROM_MARKERS and (step < 0 or out)):
+            break
+        if tok.content:
+            out.append(j)
+        j += step
+    return out
+
+
+def _in_from_frame(toks: list[_Tok], i: int) -> bool:
+    """Whether a "from" marker opens the stretch left of ``i`` ("de Lisboa ao Porto")."""
+    j, seen = i - 1, 0
+    while j >= 0 and seen <= _ARG_WINDOW:
+        tok = toks[j]
+        if tok.text in _FROM_MARKERS:
+            return seen > 0
+        if _stops_window(tok):
+            return False
+        seen += tok.content
+        j -= 1
+    return False
+
+
+def _reaches_to(toks: list[_Tok], i: int) -> bool:
+    """Whether a "from" at ``i`` is the start of "from X to Y" (then "to" reads it)."""
+    for tok in toks[i + 1 :]:
+        if tok.text in _TO_FAMILY:
+            return True
+        if _boundary(tok):
+            return False
+    return False
+
+
+def _quantity_before(toks: list[_Tok], left: list[int]) -> bool:
+    """Whether the left argument follows "how many"/"quantos" directly."""
+    first = min(left)
+    return first > 0 and toks[first - 1].text in _QUANTITY_WORDS
+
+
+@lru_cache(maxsize=8192)
+def ordered_pairs(text: str) -> frozenset[tuple[str, str]]:
+    """The (source, target) argument pairs a text orders: "Convert 5 km to miles" gives
+    ``{("5", "mile"), ("km", "mile")}``; "Python vs Java" gives none."""
+    toks = _arg_tokens(text)
+    pairs: set[tuple[str, str]] = set()
+    i = 0
+    while i < len(toks):
+        w = toks[i].text
+        nxt = toks[i + 1].text if i + 1 < len(toks) else ""
+        span = 1
+        if (w, nxt) in _TWO_WORD_CONN:
+            span = 2
+        left = _window(toks, i - 1, -1)
+        right = _window(toks, i + span, 1)
+        reverse = False
+        if not left or not right:
+            i += span
+            continue
+        near_l, near_r = toks[left[0]], toks[right[0]]
+        if w in _CONN_ZH_MOTION:
+            connects = (left[0] == i - 1 and right[0] == i + 1 and not near_l.verb
+                        and not near_r.verb)
+        elif span == 2 or w in _CONN_FORWARD:
+            connects = True
+        elif w in _CONN_QUANTITY and _quantity_before(toks, left):
+            connects = reverse = True
+        elif w in _CONN_CLOSED:
+            connects = near_l.closed and near_r.closed
+        elif w in _CONN_NUMERIC:
+            connects = (left[0] == i - 1 and right[0] == i + 1 and near_l.number
+                        and near_r.number)
+        elif w in _CONN_FROM_FRAME:
+            connects = _in_from_frame(toks, i)
+        elif w == "que":
+            before = {t.text for t in toks[max(0, i - _ARG_WINDOW) : i]}
+            connects = (i > 0 and toks[i - 1].text == "do") or bool(before & _COMPARATIVES)
+        elif w == "from":
+            # "subtract 3 from 10" orders its arguments; "delete a question from Quora"
+            # names a source, not an order, so only numbers and units count here.
+            connects = reverse = not _reaches_to(toks, i) and (
+                (near_l.number or near_l.closed) and (near_r.number or near_r.closed))
+        elif w in _CONN_ZH_QUANTITY:
+            connects = any(t.text in _ZH_QUANTITY for t in toks[i + 1 : i + 3])
+        else:
+            connects = False
+        if connects and any(t.text in _SYMMETRIC for t in toks[max(0, min(left) - 1) : i]):
+            connects = False  # "X is different from Y": no order
+        if connects:
+            src, dst = (right, left) if reverse else (left, right)
+            pairs.update((toks[a].arg, toks[b].arg) for a in src for b in dst
+                         if toks[a].arg != toks[b].arg)
+        i += span
+    return frozenset(pairs)
+
+
+def ordered_arguments_guard(query: str, candidate: str) -> str | None:
+    """The same two arguments in the opposite order ("5 km to miles" / "5 miles to km",
+    "de Lisboa para o Porto" / "do Porto para Lisboa", "10减3" / "3减10").
+
+    Fires only when one text orders (a, b), the other (b, a), and neither also names the
+    first order, so a text that mentions both directions ("from A to B and back from B to
+    A") never fires, and neither does a symmetric "A vs B" / "B vs A".
+    """
+    pq, pc = ordered_pairs(query), ordered_pairs(candidate)
+    if not pq or not pc:
+        return None
+    for a, b in sorted(pq):
+        if (b, a) in pc and (a, b) not in pc and (b, a) not in pq:
+            return f"arguments in the opposite order ({a} → {b} vs {b} → {a})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # the pipeline
 # --------------------------------------------------------------------------------------------
 GUARDS: tuple[Guard, ...] = (
@@ -901,6 +1486,8 @@ GUARDS: tuple[Guard, ...] = (
     entity_guard,
     negation_guard,
     antonym_guard,
+    ordered_arguments_guard,
+    class_guard,
 )
 
 
