@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 import pytest
 
-from reprise.store.base import CacheEntry, unit
+from reprise.store.base import CacheEntry, EntryFeedback, ServedRecord, unit
 
 DIM = 8
 
@@ -193,3 +194,124 @@ async def test_names_with_separators_stay_distinct(store: Any) -> None:
     assert await store.search("t", "f", vec(1, 0), 5) == []
     assert await store.clear("a") == 1
     assert await store.get_exact("a:b", "c") is not None
+
+
+# -- feedback (users' votes) and served-response records ------------------------------------
+
+
+def _up(fb: EntryFeedback) -> EntryFeedback:
+    return dataclasses.replace(fb, up=fb.up + 1)
+
+
+def _block(digest: str, bar: float) -> Any:
+    def change(fb: EntryFeedback) -> EntryFeedback:
+        return dataclasses.replace(fb, down=fb.down + 1, blocked=(*fb.blocked, digest), bar=bar)
+    return change
+
+
+async def test_feedback_is_stored_with_the_entry(store: Any) -> None:
+    await store.put(entry("a", "hello", v=vec(1, 0)))
+    got = await store.get_exact("ns", "a")
+    assert got.feedback == EntryFeedback()
+    new = await store.update_feedback("ns", "a", _block("0123456789abcdef", 0.9))
+    assert new.blocked == ("0123456789abcdef",) and new.down == 1
+    await store.update_feedback("ns", "a", _up)
+    want = EntryFeedback(up=1, down=1, bar=0.9, blocked=("0123456789abcdef",))
+    assert (await store.get_exact("ns", "a")).feedback == want
+    # Candidates of the semantic tier carry it (their votes decide whether they are served).
+    hits = await store.search("ns", "fp", vec(1, 0), 5)
+    assert [h.entry.feedback for h in hits] == [want]
+    assert (await store.list_entries("ns"))[0].feedback == want
+    await store.record_hit("ns", "a")  # other writes keep it
+    assert (await store.get_exact("ns", "a")).feedback == want
+
+
+async def test_feedback_on_a_missing_or_replaced_entry_changes_nothing(store: Any) -> None:
+    assert await store.update_feedback("ns", "nope", _up) is None
+    await store.put(entry("a", v=vec(1, 0)))
+    version = (await store.get_exact("ns", "a")).created_at
+    assert (await store.update_feedback("ns", "a", _up, created_at=version)).up == 1
+    await asyncio.sleep(0.01)
+    await store.put(entry("a", v=vec(1, 0), body=b'{"fresh":1}'))  # a new answer, same key
+    # A vote on the old answer must not judge the new one; the new one starts clean.
+    assert await store.update_feedback("ns", "a", _up, created_at=version) is None
+    assert (await store.get_exact("ns", "a")).feedback == EntryFeedback()
+    assert await store.update_feedback("other", "a", _up) is None
+
+
+async def test_evicting_vote_deletes_the_entry_and_its_vector(store: Any) -> None:
+    await store.put(entry("a", v=vec(1, 0)))
+    await store.put(entry("b", v=vec(0.9, 0.1)))
+    before = (await store.stats()).bytes
+    new = await store.update_feedback(
+        "ns", "a", lambda fb: dataclasses.replace(fb, down=fb.down + 1, bad=True, evicted=True))
+    assert new is not None and new.evicted
+    assert await store.get_exact("ns", "a") is None
+    assert [h.entry.key for h in await store.search("ns", "fp", vec(1, 0), 5)] == ["b"]
+    stats = await store.stats()
+    assert stats.entries == 1 and stats.bytes < before
+    assert await store.update_feedback("ns", "a", _up) is None
+
+
+async def test_concurrent_votes_are_all_counted(store: Any) -> None:
+    await store.put(entry("a", v=vec(1, 0)))
+    results = await asyncio.gather(*(store.update_feedback("ns", "a", _up) for _ in range(25)))
+    assert all(r is not None for r in results)
+    assert (await store.get_exact("ns", "a")).feedback.up == 25
+    assert sorted(r.up for r in results) == list(range(1, 26))  # each saw the one before
+
+
+def served(rid: str, ns: str = "ns", key: str = "k", ttl: float = 60.0) -> ServedRecord:
+    now = time.time()
+    return ServedRecord(response_id=rid, namespace=ns, key=key, question_hash="ab" * 8,
+                        tier="semantic", similarity=0.912345, entry_created=now - 5.25,
+                        served_at=now, expires_at=now + ttl)
+
+
+async def test_served_records_roundtrip_per_namespace(store: Any) -> None:
+    rec = served("chatcmpl-1", key="b:c")
+    await store.remember_served(rec)
+    got = await store.get_served("ns", "chatcmpl-1")
+    assert got == rec
+    assert await store.get_served("other", "chatcmpl-1") is None  # never across tenants
+    assert await store.get_served("ns", "chatcmpl-2") is None
+    await store.remember_served(dataclasses.replace(rec, key="d"))  # same id: replaced
+    assert (await store.get_served("ns", "chatcmpl-1")).key == "d"
+    await store.remember_served(served("chatcmpl-1", ns="ns:x", key="other"))
+    assert (await store.get_served("ns", "chatcmpl-1")).key == "d"
+    assert (await store.get_served("ns:x", "chatcmpl-1")).key == "other"
+
+
+async def test_served_records_expire(store: Any) -> None:
+    await store.remember_served(served("short", ttl=0.5))
+    await store.remember_served(served("long", ttl=60))
+    assert await store.get_served("ns", "short") is not None
+    await asyncio.sleep(0.7)
+    assert await store.get_served("ns", "short") is None
+    assert await store.set_served_vote("ns", "short", "down", None) is False
+    assert await store.get_served("ns", "long") is not None
+
+
+async def test_served_vote_is_compare_and_set(store: Any) -> None:
+    await store.remember_served(served("r"))
+    assert await store.set_served_vote("ns", "r", "up", None) is True
+    assert await store.set_served_vote("ns", "r", "down", None) is False  # someone was first
+    assert (await store.get_served("ns", "r")).vote == "up"
+    assert await store.set_served_vote("ns", "r", "down", "up") is True
+    assert (await store.get_served("ns", "r")).vote == "down"
+    assert await store.set_served_vote("other", "r", "up", None) is False
+    assert await store.set_served_vote("ns", "missing", "up", None) is False
+    await store.remember_served(served("race"))
+    won = await asyncio.gather(*(store.set_served_vote("ns", "race", "down", None)
+                                 for _ in range(10)))
+    assert sum(won) == 1
+
+
+async def test_clear_forgets_served_records(store: Any) -> None:
+    await store.remember_served(served("a", ns="t1"))
+    await store.remember_served(served("b", ns="t2"))
+    await store.clear("t1")
+    assert await store.get_served("t1", "a") is None
+    assert await store.get_served("t2", "b") is not None
+    await store.clear()
+    assert await store.get_served("t2", "b") is None

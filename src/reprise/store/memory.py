@@ -2,24 +2,37 @@
 
 For tests, notebooks and single-process deployments that don't want a file. Operations are
 pure in-memory and take microseconds, so they run on the event loop directly.
+
+Records of served responses (for votes) are bounded by count (``max_served``, oldest
+dropped first) as well as by their own expiry, so a busy process cannot grow without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 from collections import OrderedDict
 
 import numpy as np
 
-from reprise.store.base import CacheEntry, SearchHit, StoreStats
+from reprise.store.base import (
+    CacheEntry,
+    EntryFeedback,
+    FeedbackChange,
+    SearchHit,
+    ServedRecord,
+    StoreStats,
+)
 from reprise.store.vector_index import VectorIndex
 
 
 class MemoryStore:
     backend = "memory"
 
-    def __init__(self, dim: int, max_bytes: int = 256 * 1024 * 1024, hnsw_from: int = 2048):
+    def __init__(self, dim: int, max_bytes: int = 256 * 1024 * 1024, hnsw_from: int = 2048,
+                 max_served: int = 200_000):
         self.dim = dim
         self.max_bytes = max_bytes
         # (namespace, key) -> entry; order = least recently used first.
@@ -30,6 +43,11 @@ class MemoryStore:
         self._bytes = 0
         self._index = VectorIndex(dim, hnsw_from)
         self._locks: dict[str, float] = {}
+        self._served: OrderedDict[tuple[str, str], ServedRecord] = OrderedDict()
+        self.max_served = max_served
+        # Votes read-modify-write an entry's feedback; callers on other threads (the
+        # LangChain integration runs its own loop) must not interleave with that.
+        self._feedback_lock = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------------
     def _remove(self, ident: tuple[str, str]) -> CacheEntry | None:
@@ -98,6 +116,8 @@ class MemoryStore:
         idents = [i for i in self._entries if namespace is None or i[0] == namespace]
         for ident in idents:
             self._remove(ident)
+        for served in [i for i in self._served if namespace is None or i[0] == namespace]:
+            del self._served[served]
         return len(idents)
 
     async def list_entries(
@@ -124,6 +144,47 @@ class MemoryStore:
                 vectors += e.vector is not None
         entries = sum(namespaces.values()) if namespace is None else namespaces.get(namespace, 0)
         return StoreStats(entries, size, hits, namespaces, self.backend, vectors)
+
+    async def update_feedback(
+        self, namespace: str, key: str, change: FeedbackChange, *,
+        created_at: float | None = None,
+    ) -> EntryFeedback | None:
+        with self._feedback_lock:
+            ident = (namespace, key)
+            entry = self._live(ident)
+            if entry is None or (created_at is not None and entry.created_at != created_at):
+                return None
+            new = change(entry.feedback)
+            if new.evicted:
+                self._remove(ident)
+            else:
+                entry.feedback = dataclasses.replace(new, evicted=False)
+            return new
+
+    async def remember_served(self, record: ServedRecord) -> None:
+        ident = (record.namespace, record.response_id)
+        self._served.pop(ident, None)
+        self._served[ident] = dataclasses.replace(record)
+        while len(self._served) > self.max_served:
+            self._served.popitem(last=False)
+
+    async def get_served(self, namespace: str, response_id: str) -> ServedRecord | None:
+        ident = (namespace, response_id)
+        record = self._served.get(ident)
+        if record is None:
+            return None
+        if record.expired():
+            del self._served[ident]
+            return None
+        return dataclasses.replace(record)
+
+    async def set_served_vote(self, namespace: str, response_id: str, vote: str,
+                              expect: str | None) -> bool:
+        record = self._served.get((namespace, response_id))
+        if record is None or record.expired() or record.vote != expect:
+            return False
+        record.vote = vote
+        return True
 
     async def try_lock(self, name: str, ttl_seconds: float) -> bool:
         now = time.monotonic()

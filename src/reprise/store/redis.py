@@ -12,6 +12,15 @@ Layout under one ``prefix`` (so several stores can share a server):
   set only lets us keep the byte account right for entries that vanished that way.
 * ``{p}:size`` HASH entry key → bytes, ``{p}:bytes`` — running total (the byte bound).
 * ``{p}:lock:{name}`` — single-flight locks (``SET NX PX`` + token, released by a script).
+* ``{p}:sv:{len(ns)}:{ns}:{id}`` — one small HASH per served response (what a vote by
+  response id refers to), expiring with the feedback window; outside the ``{p}:e:`` prefix
+  so the search index never sees it.
+
+An entry's users' votes live in its hash (field ``fb``, compact JSON). A vote is a
+compare-and-set: read ``fb``, compute the new value in Python (``cache.feedback``), and let a
+script write it only if ``fb`` and the entry's version are unchanged (else read again), so
+concurrent votes from any replicas are never lost; an evicting vote deletes the entry in
+that same script.
 
 Writes that touch several keys run as Lua scripts so a crash between steps cannot leave the
 byte account or the LRU set inconsistent. Every Redis failure surfaces as ``StoreError`` so
@@ -46,7 +55,16 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from reprise.store.base import CacheEntry, DimensionMismatch, SearchHit, StoreError, StoreStats
+from reprise.store.base import (
+    CacheEntry,
+    DimensionMismatch,
+    EntryFeedback,
+    FeedbackChange,
+    SearchHit,
+    ServedRecord,
+    StoreError,
+    StoreStats,
+)
 from reprise.store.redis_conn import LoopClient
 
 T = TypeVar("T")
@@ -132,18 +150,48 @@ redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
 return 1
 """
 
+# KEYS: entry, lru, exp, size, bytes, parts. ARGV: now, expected fb ('' = none), new fb,
+# evict ('1'/'0'), expected created_at. → -1 entry gone/replaced, 0 fb changed meanwhile,
+# 1 written, 2 evicted.
+_FEEDBACK = (
+    "local lru, exp, sizes, total, parts = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]"
+    + _DROP
+) + """
+if redis.call('HGET', KEYS[1], 'c') ~= ARGV[5] then return -1 end
+local cur = redis.call('HGET', KEYS[1], 'fb') or ''
+if cur ~= ARGV[2] then return 0 end
+if ARGV[4] == '1' then
+  drop(KEYS[1])
+  return 2
+end
+redis.call('HSET', KEYS[1], 'fb', ARGV[3])
+return 1
+"""
+
+# KEYS: served record. ARGV: new vote, expected vote ('' = none) → 1 set, 0 not.
+_VOTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'v') or ''
+if cur ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+return 1
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-_FIELDS = ("ns", "fp", "k", "q", "r", "m", "vec", "c", "x", "h", "a", "pt", "ct")
+_FIELDS = ("ns", "fp", "k", "q", "r", "m", "vec", "c", "x", "h", "a", "pt", "ct", "fb")
 # What a search returns per candidate: everything but the 2 KB vector (the similarity comes
 # from the index's own distance; the caller never needs the stored vector of a candidate).
+# The feedback (``fb``) comes along: a candidate's votes decide whether it may be served.
 _SEARCH_FIELDS = tuple(f for f in _FIELDS if f != "vec")
 # How long a replica trusts its cached size of a non-empty partition: the size only picks
 # the query plan (exact scan vs graph walk), so a stale value costs speed, never results.
 _PART_SIZE_TTL = 2.0
+# Compare-and-set rounds a vote gets before giving up (each loses only to another vote).
+_CAS_ATTEMPTS = 32
 
 
 def _digest(*parts: str) -> str:
@@ -222,7 +270,7 @@ class RedisStore:
         self._scripts = {
             name: client.register_script(src)
             for name, src in (("put", _PUT), ("delete", _DELETE), ("hit", _HIT),
-                              ("unlock", _UNLOCK))
+                              ("unlock", _UNLOCK), ("feedback", _FEEDBACK), ("vote", _VOTE))
         }
 
     async def _run(self, op: Callable[[Redis], Awaitable[T]], *, indexed: bool = False) -> T:
@@ -311,6 +359,7 @@ class RedisStore:
             created_at=float(f.get("c", 0.0)), expires_at=float(expires) if expires else None,
             hits=int(f.get("h", 0)), last_access=float(f.get("a", 0.0)),
             prompt_tokens=int(f.get("pt", 0)), completion_tokens=int(f.get("ct", 0)),
+            feedback=EntryFeedback.decode(f.get("fb")),
         )
 
     async def _drop(self, client: Redis, keys: list[str]) -> int:
@@ -331,6 +380,9 @@ class RedisStore:
             "s", entry.size_bytes, "tn", _digest(entry.namespace),
             "tp", _digest(entry.namespace, entry.fingerprint),
         ]
+        fb = entry.feedback.encode()
+        if fb is not None:
+            fields += ["fb", fb]
         if entry.vector is not None:
             vec = np.asarray(entry.vector, dtype=np.float32).reshape(-1)
             if vec.shape[0] != self.dim:
@@ -465,6 +517,16 @@ class RedisStore:
             removed += await self._drop(client, batch)
             if namespace is None:
                 await client.delete(*self._book_keys)
+            served = _glob_escape(f"{self.prefix}:sv:" if namespace is None else
+                                  self._served_key(namespace, "")) + "*"
+            batch = []
+            async for raw in client.scan_iter(match=served, count=1000):
+                batch.append(_s(raw))
+                if len(batch) >= 500:
+                    await client.delete(*batch)
+                    batch = []
+            if batch:
+                await client.delete(*batch)
             return removed
 
         return await self._run(op)
@@ -528,6 +590,80 @@ class RedisStore:
                 size += int(float(f.get("bytes", "0")))
                 vectors += int(float(f.get("vecs", "0")))
         return StoreStats(entries, size, hits, namespaces, self.backend, vectors, self._errors)
+
+    async def update_feedback(
+        self, namespace: str, key: str, change: FeedbackChange, *,
+        created_at: float | None = None,
+    ) -> EntryFeedback | None:
+        rkey = self._entry_key(namespace, key)
+
+        async def op(client: Redis) -> EntryFeedback | None:
+            for _ in range(_CAS_ATTEMPTS):
+                known, created, expires, raw = await client.hmget(rkey, ["k", "c", "x", "fb"])
+                if known is None or created is None:
+                    return None
+                exp = _s(expires or b"")
+                if (exp and float(exp) <= time.time()) or (
+                        created_at is not None and float(created) != created_at):
+                    return None
+                new = change(EntryFeedback.decode(raw))
+                status = int(await self._scripts["feedback"](
+                    keys=[rkey, *self._book_keys],
+                    args=[time.time(), _s(raw or b""), new.encode() or "",
+                          "1" if new.evicted else "0", _s(created)]))
+                if status == -1:
+                    return None
+                if status > 0:
+                    return new
+                await asyncio.sleep(0)  # another vote won the race: read it and retry
+            raise StoreError(f"feedback on {key!r}: too many concurrent votes, retry")
+
+        return await self._run(op)
+
+    def _served_key(self, namespace: str, response_id: str) -> str:
+        return f"{self.prefix}:sv:{len(namespace)}:{namespace}:{response_id}"
+
+    async def remember_served(self, record: ServedRecord) -> None:
+        skey = self._served_key(record.namespace, record.response_id)
+        mapping: dict[str | bytes, bytes | float | int | str] = {
+            "k": record.key, "q": record.question_hash, "t": record.tier,
+            "s": repr(record.similarity), "c": repr(record.entry_created),
+            "at": repr(record.served_at), "x": repr(record.expires_at), "v": record.vote or "",
+        }
+
+        async def op(client: Redis) -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(skey)
+            pipe.hset(skey, mapping=mapping)
+            pipe.pexpireat(skey, max(1, int(record.expires_at * 1000)))
+            await pipe.execute()
+
+        await self._run(op)
+
+    async def get_served(self, namespace: str, response_id: str) -> ServedRecord | None:
+        skey = self._served_key(namespace, response_id)
+
+        async def op(client: Redis) -> ServedRecord | None:
+            f = {_s(k): _s(v) for k, v in (await client.hgetall(skey)).items()}
+            if "k" not in f or float(f.get("x", "0")) <= time.time():
+                return None
+            return ServedRecord(response_id=response_id, namespace=namespace, key=f["k"],
+                                question_hash=f.get("q", ""), tier=f.get("t", ""),
+                                similarity=float(f.get("s", "0")),
+                                entry_created=float(f.get("c", "0")),
+                                served_at=float(f.get("at", "0")), expires_at=float(f["x"]),
+                                vote=f.get("v") or None)
+
+        return await self._run(op)
+
+    async def set_served_vote(self, namespace: str, response_id: str, vote: str,
+                              expect: str | None) -> bool:
+        skey = self._served_key(namespace, response_id)
+
+        async def op(client: Redis) -> bool:
+            return bool(await self._scripts["vote"](keys=[skey], args=[vote, expect or ""]))
+
+        return await self._run(op)
 
     async def try_lock(self, name: str, ttl_seconds: float) -> bool:
         token = uuid.uuid4().hex

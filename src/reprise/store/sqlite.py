@@ -6,6 +6,13 @@ partition) and large HNSW partitions are saved beside the database on close, tag
 partition's generation, so a clean restart memory-loads them instead of rebuilding; after a
 crash the generation differs and the index is rebuilt from the rows, never trusted stale.
 
+Each entry carries its users' votes (``feedback``, compact JSON, NULL when none); a vote
+is a read-modify-write inside one ``BEGIN IMMEDIATE`` transaction, so concurrent votes from
+processes sharing the file serialise instead of overwriting each other. A database made
+before that column existed gets it on open (``ALTER TABLE``; old rows read as no votes).
+Records of served responses (``served``) let a vote name an answer by its response id;
+they expire after the gateway's feedback window and are purged with expired entries.
+
 All SQLite work runs on one dedicated thread (SQLite connections are thread-bound and the
 event loop must not block); any sqlite3 error surfaces as ``StoreError`` so the cache layer
 fails open to the upstream model.
@@ -26,7 +33,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from reprise.store.base import CacheEntry, DimensionMismatch, SearchHit, StoreError, StoreStats
+from reprise.store.base import (
+    CacheEntry,
+    DimensionMismatch,
+    EntryFeedback,
+    FeedbackChange,
+    SearchHit,
+    ServedRecord,
+    StoreError,
+    StoreStats,
+)
 from reprise.store.vector_index import Partition, PartitionIndex, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -50,6 +66,7 @@ CREATE TABLE IF NOT EXISTS entries (
   prompt_tokens INTEGER NOT NULL DEFAULT 0,
   completion_tokens INTEGER NOT NULL DEFAULT 0,
   size INTEGER NOT NULL,
+  feedback TEXT,
   UNIQUE (namespace, key)
 );
 CREATE INDEX IF NOT EXISTS entries_partition ON entries (namespace, fingerprint);
@@ -60,11 +77,21 @@ CREATE TABLE IF NOT EXISTS partitions (
   PRIMARY KEY (namespace, fingerprint)
 );
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS served (
+  namespace TEXT NOT NULL, id TEXT NOT NULL, key TEXT NOT NULL, qhash TEXT NOT NULL,
+  tier TEXT NOT NULL, similarity REAL NOT NULL, entry_created REAL NOT NULL,
+  served_at REAL NOT NULL, expires_at REAL NOT NULL, vote TEXT,
+  PRIMARY KEY (namespace, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS served_expiry ON served (expires_at);
 """
 
 _COLUMNS = (
     "id, namespace, key, fingerprint, question, response, model, vector, created_at, "
-    "expires_at, hits, last_access, prompt_tokens, completion_tokens"
+    "expires_at, hits, last_access, prompt_tokens, completion_tokens, feedback"
+)
+_SERVED_COLUMNS = (
+    "id, namespace, key, qhash, tier, similarity, entry_created, served_at, expires_at, vote"
 )
 
 
@@ -89,6 +116,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._bytes = 0
         self._puts = 0
+        self._served_writes = 0
         self._closed = False
         self._thread_lock = threading.Lock()
 
@@ -112,6 +140,7 @@ class SQLiteStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(db)
             db.executescript(_SCHEMA)
             row = db.execute("SELECT v FROM meta WHERE k='dim'").fetchone()
             if row is None:
@@ -129,6 +158,13 @@ class SQLiteStore:
         return db
 
     @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring a database written by an older Reprise up to this schema."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+        if columns and "feedback" not in columns:
+            db.execute("ALTER TABLE entries ADD COLUMN feedback TEXT")
+
+    @staticmethod
     def _partition_file(part: Partition) -> str:
         return hashlib.sha1(f"{part[0]}\x00{part[1]}".encode()).hexdigest()
 
@@ -138,7 +174,7 @@ class SQLiteStore:
             key=row[2], namespace=row[1], fingerprint=row[3], question=row[4],
             response=bytes(row[5]), model=row[6], vector=vec, created_at=row[8],
             expires_at=row[9], hits=row[10], last_access=row[11], prompt_tokens=row[12],
-            completion_tokens=row[13],
+            completion_tokens=row[13], feedback=EntryFeedback.decode(row[14]),
         )
 
     def _bump(self, db: sqlite3.Connection, part: Partition) -> None:
@@ -175,10 +211,10 @@ class SQLiteStore:
             cur = db.execute(
                 "INSERT INTO entries (namespace, key, fingerprint, question, response, model,"
                 " vector, created_at, expires_at, hits, last_access, prompt_tokens,"
-                " completion_tokens, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion_tokens, size, feedback) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (e.namespace, e.key, e.fingerprint, e.question, e.response, e.model, vec,
                  e.created_at, e.expires_at, e.hits, e.last_access or e.created_at,
-                 e.prompt_tokens, e.completion_tokens, size),
+                 e.prompt_tokens, e.completion_tokens, size, e.feedback.encode()),
             )
             self._bump(db, (e.namespace, e.fingerprint))
             db.execute("COMMIT")
@@ -217,6 +253,7 @@ class SQLiteStore:
             db.execute("COMMIT")
 
     def _purge_expired(self, db: sqlite3.Connection) -> int:
+        db.execute("DELETE FROM served WHERE expires_at <= ?", (time.time(),))
         rows = db.execute(
             "SELECT id, namespace, fingerprint, size FROM entries WHERE expires_at <= ?",
             (time.time(),),
@@ -319,6 +356,7 @@ class SQLiteStore:
         n = db.execute(f"SELECT COUNT(*) FROM entries{where}", args).fetchone()[0]
         db.execute(f"DELETE FROM entries{where}", args)
         db.execute(f"DELETE FROM partitions{where}", args)
+        db.execute(f"DELETE FROM served{where}", args)
         db.execute("COMMIT")
         self._index.drop_namespace(namespace)
         self._bytes = int(db.execute("SELECT COALESCE(SUM(size),0) FROM entries").fetchone()[0])
@@ -351,6 +389,62 @@ class SQLiteStore:
             args,
         ).fetchone()
         return StoreStats(int(n), int(size), int(hits), per_ns, self.backend, int(vectors))
+
+    def _update_feedback(self, namespace: str, key: str, change: FeedbackChange,
+                         created_at: float | None) -> EntryFeedback | None:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT id, fingerprint, size, created_at, expires_at, feedback FROM entries"
+                " WHERE namespace=? AND key=?", (namespace, key),
+            ).fetchone()
+            gone = row is None or (row[4] is not None and row[4] <= time.time()) or (
+                created_at is not None and row[3] != created_at)
+            if gone:
+                db.execute("COMMIT")
+                return None
+            new = change(EntryFeedback.decode(row[5]))
+            if new.evicted:
+                self._delete_ids(db, [(row[0], namespace, row[1], row[2])])
+            else:
+                db.execute("UPDATE entries SET feedback=? WHERE id=?", (new.encode(), row[0]))
+            db.execute("COMMIT")
+            return new
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _remember_served(self, r: ServedRecord) -> None:
+        db = self._conn()
+        db.execute(
+            f"INSERT OR REPLACE INTO served ({_SERVED_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (r.response_id, r.namespace, r.key, r.question_hash, r.tier, r.similarity,
+             r.entry_created, r.served_at, r.expires_at, r.vote),
+        )
+        self._served_writes += 1
+        if self._served_writes % 512 == 0:
+            db.execute("DELETE FROM served WHERE expires_at <= ?", (time.time(),))
+
+    def _get_served(self, namespace: str, response_id: str) -> ServedRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_SERVED_COLUMNS} FROM served WHERE namespace=? AND id=? AND expires_at>?",
+            (namespace, response_id, time.time()),
+        ).fetchone()
+        if row is None:
+            return None
+        return ServedRecord(response_id=row[0], namespace=row[1], key=row[2],
+                            question_hash=row[3], tier=row[4], similarity=row[5],
+                            entry_created=row[6], served_at=row[7], expires_at=row[8],
+                            vote=row[9])
+
+    def _set_served_vote(self, namespace: str, response_id: str, vote: str,
+                         expect: str | None) -> bool:
+        cur = self._conn().execute(
+            "UPDATE served SET vote=? WHERE namespace=? AND id=? AND expires_at>?"
+            " AND vote IS ?", (vote, namespace, response_id, time.time(), expect),
+        )
+        return cur.rowcount == 1
 
     def _try_lock(self, name: str, ttl: float) -> bool:
         db = self._conn()
@@ -418,6 +512,22 @@ class SQLiteStore:
 
     async def stats(self, namespace: str | None = None) -> StoreStats:
         return await self._run(self._stats, namespace)
+
+    async def update_feedback(
+        self, namespace: str, key: str, change: FeedbackChange, *,
+        created_at: float | None = None,
+    ) -> EntryFeedback | None:
+        return await self._run(self._update_feedback, namespace, key, change, created_at)
+
+    async def remember_served(self, record: ServedRecord) -> None:
+        await self._run(self._remember_served, record)
+
+    async def get_served(self, namespace: str, response_id: str) -> ServedRecord | None:
+        return await self._run(self._get_served, namespace, response_id)
+
+    async def set_served_vote(self, namespace: str, response_id: str, vote: str,
+                              expect: str | None) -> bool:
+        return await self._run(self._set_served_vote, namespace, response_id, vote, expect)
 
     async def try_lock(self, name: str, ttl_seconds: float) -> bool:
         return await self._run(self._try_lock, name, ttl_seconds)
