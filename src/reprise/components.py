@@ -142,6 +142,7 @@ def build_components(
     cache = CacheService(
         store, semantic, ttl_seconds=settings.cache_ttl_seconds,
         semantic_enabled=settings.semantic_enabled,
+        served_ttl_seconds=settings.feedback_window_seconds,
     )
     upstream = upstream or build_upstream(settings)
     metrics = Metrics(settings.price_prompt_per_mtok, settings.price_completion_per_mtok)
@@ -152,5 +153,6 @@ def build_components(
     )
     cache.health.listeners.append(lambda op: metrics.store_errors.labels(op).inc())
     cache.embedder_health.listeners.append(lambda op: metrics.embedder_errors.labels(op).inc())
+    cache.refusal_listeners.append(lambda tier: metrics.feedback_refusals.labels(tier).inc())
     return Components(settings, store, embedder, cache, upstream, chat, metrics,
                       known_models=set(settings.public_models), embedders=pool)

@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     embeddings_dim: int = 1024  # only for `remote`; the local embedders know their own
     single_flight_lock_seconds: float = 30.0
 
+    # --- feedback: users' votes on served answers (POST /v1/feedback, cache.feedback) ---------
+    # How long an answer can be voted on by its response id: every answer served from or into
+    # the cache is remembered that long in the store (~250 bytes each; at 100 cached answers
+    # a second a 24 h window holds ~8.6 M records, ~2 GB in Redis: shorten it on busy
+    # gateways). 0 = no records (votes by cache key only).
+    feedback_window_seconds: int = Field(default=24 * 3600, ge=0)
+    # Distinct questions voted down on one semantic answer before it is evicted.
+    feedback_evict_after: int = Field(default=3, ge=1, le=32)
+    # A thumbs-down raises the entry's own similarity bar to just above the refused hit
+    # (+margin) but by at most `step` per vote; the bar never exceeds 1.0 nor falls.
+    feedback_bar_step: float = Field(default=0.05, gt=0.0, le=1.0)
+    feedback_bar_margin: float = Field(default=0.01, ge=0.0, le=0.2)
+
     # --- documents (RAG) ----------------------------------------------------------------------
     rag_embedder: Literal["use", "e5", "remote"] = "e5"
     max_upload_bytes: int = 50 * 1024 * 1024  # per file

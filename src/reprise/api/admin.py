@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from reprise.api.deps import components, tenant_namespace
 from reprise.api.errors import APIError
+from reprise.api.feedback import feedback_view
 from reprise.store.base import CacheEntry
 
 router = APIRouter()
@@ -56,6 +57,7 @@ def entry_view(e: CacheEntry, now: float) -> dict[str, Any]:
         "ttl_seconds": None if e.expires_at is None else max(0, int(e.expires_at - now)),
         "semantic": e.vector is not None, "prompt_tokens": e.prompt_tokens,
         "completion_tokens": e.completion_tokens,
+        "feedback": None if e.feedback.empty else feedback_view(e.feedback),
     }
 
 
@@ -102,6 +104,11 @@ async def cache_stats(request: Request, namespace: str | None = None,
     out["semantic_enabled"] = comp.cache.semantic_enabled
     out["ttl_seconds"] = comp.settings.cache_ttl_seconds
     out["embedder"] = comp.embedder.name if comp.embedder else None
+    # Votes since this process started (every replica counts its own; /metrics has them
+    # by tier), and lookups whose entry votes refused.
+    out["feedback"] = {**comp.metrics.feedback_counts,
+                       "refused": dict(comp.cache.refusals),
+                       "window_seconds": comp.settings.feedback_window_seconds}
     return _json(out)
 
 

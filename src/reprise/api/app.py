@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from reprise.api import admin, collections, embeddings, openai
+from reprise.api import admin, collections, embeddings, feedback, openai
 from reprise.api.errors import install_error_handlers
 from reprise.api.middleware import install_operations
 from reprise.components import Components, build_components
@@ -46,4 +46,5 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.include_router(embeddings.router)
     app.include_router(admin.router)
     app.include_router(collections.router)
+    app.include_router(feedback.router)
     return app

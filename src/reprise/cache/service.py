@@ -2,6 +2,10 @@
 
 This layer never fails a request: any store or embedder error is logged, counted and
 answered as a miss (fail open to the model), and a failed store is simply skipped.
+
+Users' votes (``cache.feedback``) are honoured here too: an entry whose votes refuse it for
+the asked question is not served, whichever tier found it, and every answer served from or
+into the cache is remembered briefly (``remember_served``) so a vote can name it by id.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import orjson
 
+from reprise.cache.feedback import question_hash, refusal
 from reprise.cache.keys import RequestKeys
-from reprise.store.base import CacheEntry, Store
+from reprise.store.base import CacheEntry, ServedRecord, Store
 
 if TYPE_CHECKING:
     from reprise.cache.semantic import SemanticLookup
@@ -89,10 +94,15 @@ class CacheService:
         *,
         ttl_seconds: int,
         semantic_enabled: bool = True,
+        served_ttl_seconds: int = 24 * 3600,
     ) -> None:
         self.store = store
         self.semantic = semantic
         self.ttl_seconds = ttl_seconds
+        self.served_ttl_seconds = served_ttl_seconds
+        # Lookups that found an entry its votes refuse, by tier; listeners feed /metrics.
+        self.refusals: dict[str, int] = {"exact": 0, "semantic": 0}
+        self.refusal_listeners: list[Any] = []
         self.semantic_enabled = semantic_enabled and semantic is not None
         self.health = ComponentHealth("cache store", "serving without cache")
         self.embedder_health = ComponentHealth("embedder", "serving without the semantic tier")
@@ -111,6 +121,21 @@ class CacheService:
 
     def _fresh(self, entry: CacheEntry, policy: CachePolicy) -> bool:
         return policy.max_age is None or time.time() - entry.created_at <= policy.max_age
+
+    def _refused(self, tier: str, entry: CacheEntry, question: str | None,
+                 similarity: float) -> bool:
+        """Whether users' votes forbid serving ``entry`` for this question (counted)."""
+        reason = refusal(entry, question or "", similarity)
+        if reason is None:
+            return False
+        self._count_refusal(tier, reason)
+        return True
+
+    def _count_refusal(self, tier: str, reason: str) -> None:
+        self.refusals[tier] = self.refusals.get(tier, 0) + 1
+        log.info("%s candidate not served: %s", tier, reason)
+        for listener in self.refusal_listeners:
+            listener(tier)
 
     def semantic_allowed(self, keys: RequestKeys, policy: CachePolicy) -> bool:
         return (
@@ -132,7 +157,8 @@ class CacheService:
             self.health.failed("get_exact", exc)
             return LookupResult("miss", timings=timings)
         timings["exact_ms"] = (time.perf_counter() - t0) * 1000
-        if entry is not None and self._fresh(entry, policy):
+        if entry is not None and self._fresh(entry, policy) and not self._refused(
+                "exact", entry, keys.question, 1.0):
             self._spawn(self._record_hit(policy.namespace, keys.key))
             return LookupResult("exact", entry, 1.0, timings=timings)
         if not self.semantic_allowed(keys, policy):
@@ -157,7 +183,10 @@ class CacheService:
         except Exception as exc:
             self.health.failed("semantic_lookup", exc)
             return LookupResult("miss", vector=vector, timings=timings)
-        if match is not None and self._fresh(match.entry, policy):
+        # The candidate choice does not know about votes yet: never serve an entry whose
+        # votes refuse it for this question (counted; the lookup is a miss).
+        if match is not None and self._fresh(match.entry, policy) and not self._refused(
+                "semantic", match.entry, keys.question, match.similarity):
             self._spawn(self._record_hit(policy.namespace, match.entry.key))
             return LookupResult("semantic", match.entry, match.similarity, vector, timings)
         return LookupResult("miss", vector=vector, timings=timings)
@@ -170,10 +199,11 @@ class CacheService:
         *,
         model: str,
         vector: np.ndarray | None = None,
-    ) -> bool:
-        """Store a complete answer; returns False (and logs) if it was not stored."""
+    ) -> CacheEntry | None:
+        """Store a complete answer; returns the stored entry, or None (logged) if it was
+        not stored."""
         if not policy.store:
-            return False
+            return None
         semantic = self.semantic_allowed(keys, policy)
         if vector is None and semantic:
             assert self.semantic is not None and keys.question is not None
@@ -204,10 +234,32 @@ class CacheService:
             await self.store.put(entry)
             if entry.vector is not None and self.semantic is not None:
                 self._spawn(self.semantic.remember(entry.question))
-            return True
+            return entry
         except Exception as exc:
             self.health.failed("put", exc)
-            return False
+            return None
+
+    async def remember_served(self, response_id: str, namespace: str, entry: CacheEntry,
+                              question: str | None, tier: str, similarity: float) -> None:
+        """Remember that ``response_id`` served ``entry`` for ``question`` (for votes).
+
+        Awaited on the request path (one small write), so a vote sent right after the
+        answer, to any replica, finds it. A failure costs only the ability to vote on this
+        answer: it is counted and the answer is still served.
+        """
+        if not response_id or self.served_ttl_seconds <= 0:
+            return
+        now = time.time()
+        record = ServedRecord(
+            response_id=response_id, namespace=namespace, key=entry.key,
+            question_hash=question_hash(question or ""), tier=tier, similarity=similarity,
+            entry_created=entry.created_at, served_at=now,
+            expires_at=now + self.served_ttl_seconds,
+        )
+        try:
+            await self.store.remember_served(record)
+        except Exception as exc:
+            self.health.failed("remember_served", exc)
 
     async def aclose(self) -> None:
         if self._background:

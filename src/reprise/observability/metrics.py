@@ -77,6 +77,18 @@ class Metrics:
         self.rate_limited = Counter("reprise_rate_limited_total",
                                     "Requests answered 429 by the per-key rate limiter",
                                     registry=self.registry)
+        self.feedback_votes = Counter("reprise_feedback_votes_total",
+                                      "Users' votes on served answers (POST /v1/feedback)",
+                                      ["vote", "tier"], registry=self.registry)
+        self.feedback_evictions = Counter("reprise_feedback_evictions_total",
+                                          "Cache entries evicted by users' votes",
+                                          registry=self.registry)
+        self.feedback_refusals = Counter(
+            "reprise_feedback_refusals_total",
+            "Lookups that found an entry users' votes refuse for the asked question",
+            ["tier"], registry=self.registry)
+        # The same, as plain numbers for /admin/cache/stats (since this process started).
+        self.feedback_counts: dict[str, int] = {"up": 0, "down": 0, "evicted": 0}
         self.events: deque[RequestEvent] = deque(maxlen=history)
 
     def http(self, route: str, status: int, latency_s: float) -> None:
@@ -105,6 +117,14 @@ class Metrics:
         self.events.append(RequestEvent(time.time(), tier, latency_s * 1000, stream, status,
                                         namespace, saved_prompt + saved_completion if hit else 0,
                                         cost, similarity, hit and tokens_estimated))
+
+    def feedback(self, *, vote: str, tier: str, evicted: bool) -> None:
+        """One applied vote (a repeated one is not counted again)."""
+        self.feedback_votes.labels(vote, tier).inc()
+        self.feedback_counts[vote] = self.feedback_counts.get(vote, 0) + 1
+        if evicted:
+            self.feedback_evictions.inc()
+            self.feedback_counts["evicted"] += 1
 
     def recent(self, since: float = 0.0, namespace: str | None = None) -> list[dict[str, Any]]:
         return [asdict(e) for e in self.events

@@ -46,6 +46,9 @@ class ChatOutcome:
     saved_completion_tokens: int = 0
     tokens_estimated: bool = False  # the saved counts are the gateway's, not the model's
     timings: dict[str, float] = field(default_factory=dict)
+    # The id this answer was served under (a hit gets a fresh one per response): users
+    # vote on the answer with it (``POST /v1/feedback``).
+    response_id: str | None = None
 
     @property
     def hit(self) -> bool:
@@ -131,6 +134,7 @@ class ChatService:
             tokens_estimated=bool((stored.get("usage") or {}).get("estimated")),
             timings=res.timings,
         )
+        outcome.response_id = completion["id"]
         completion["reprise"] = outcome.metadata()
         if stream:
             extra = {"reprise": outcome.metadata()}
@@ -142,6 +146,16 @@ class ChatService:
             ))
         else:
             outcome.completion = completion
+        return outcome
+
+    async def _served_hit(self, res: LookupResult, keys: RequestKeys, policy: CachePolicy,
+                          model: str, stream: bool, include_usage: bool) -> ChatOutcome:
+        """A hit, remembered under its fresh response id so users can vote on it."""
+        outcome = self._hit(res, keys, model, stream, include_usage)
+        if res.entry is not None and outcome.response_id:
+            await self.cache.remember_served(
+                outcome.response_id, policy.namespace, res.entry, keys.question, res.tier,
+                1.0 if res.similarity is None else res.similarity)
         return outcome
 
     # -- misses ---------------------------------------------------------------------------
@@ -175,7 +189,15 @@ class ChatService:
                                   **prepared.attach}
                     _fill_usage(prepared.body, completion)
                 if is_complete(completion):
-                    await self.cache.save(keys, policy, completion, model=model, vector=res.vector)
+                    entry = await self.cache.save(keys, policy, completion, model=model,
+                                                  vector=res.vector)
+                    if entry is not None:
+                        # Before the answer is released (and before a stream's last chunk),
+                        # so a vote right after it finds the record. Followers of this
+                        # flight got the same answer, id and entry.
+                        await self.cache.remember_served(
+                            str(completion.get("id") or ""), policy.namespace, entry,
+                            keys.question, "miss", 1.0)
                 else:
                     log.info("answer not cached: incomplete or empty")
                 return completion
@@ -238,7 +260,7 @@ class ChatService:
         keys = request_keys(body, upstream_model, key_context)
         res = await self.cache.lookup(keys, policy)
         if res.hit:
-            return self._hit(res, keys, model, stream, include_usage)
+            return await self._served_hit(res, keys, policy, model, stream, include_usage)
         upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
         upstream_body["model"] = upstream_model
         tier: Tier = "bypass" if not (policy.lookup and policy.store) else "miss"
@@ -249,7 +271,8 @@ class ChatService:
         ):
             other = await self._wait_for_other_replica(keys, policy)
             if other is not None and other.entry is not None:
-                return self._hit(other, keys, model, stream, include_usage)
+                return await self._served_hit(other, keys, policy, model, stream,
+                                              include_usage)
         flight, _leader = self.flights.join_or_start(
             keys.key, self._producer(upstream_body, keys, policy, res, upstream_model, stream,
                                      self._wrap_prepare(prepare, upstream_model))

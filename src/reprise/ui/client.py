@@ -51,6 +51,7 @@ class ChatResult:
     matched_question: str | None = None
     age_seconds: int = 0
     key: str | None = None
+    response_id: str | None = None  # the completion's id: what a vote names
     citations: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Any] | None = None
     latency_ms: float = 0.0  # request sent → last byte
@@ -117,6 +118,8 @@ class ChatStream:
 
     def _chunk_to_result(self, chunk: dict[str, Any]) -> str:
         r = self.result
+        if r.response_id is None and chunk.get("id"):
+            r.response_id = str(chunk["id"])
         meta = chunk.get("reprise")
         if isinstance(meta, dict):
             r.key = meta.get("key", r.key)
@@ -220,6 +223,16 @@ class GatewayClient:
             body["collection"] = collection
         headers = {"Cache-Control": "no-cache"} if bypass_cache else {}
         return ChatStream(self, body, headers)
+
+    def feedback(self, response_id: str, vote: str, reason: str | None = None) -> dict[
+            str, Any]:
+        """Thumbs up/down on a served answer (``POST /v1/feedback``); returns the verdict
+        with a ``message`` for the user."""
+        body: dict[str, Any] = {"response_id": response_id, "vote": vote}
+        if reason:
+            body["reason"] = reason
+        out: dict[str, Any] = self._request("POST", "/v1/feedback", json=body)
+        return out
 
     # -- collections and documents -------------------------------------------------------------
     def collections(self) -> list[dict[str, Any]]:

@@ -58,8 +58,19 @@ def _rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "model": e.get("model", ""),
         "tokens": int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0),
         "answer": e.get("answer_preview", ""),
+        "votes": _votes(e.get("feedback")),
         "key": e["key"][:16],
     } for e in entries]
+
+
+def _votes(fb: dict[str, Any] | None) -> str:
+    """Users' thumbs on an entry, and the bar they raised (blank when nobody voted)."""
+    if not fb:
+        return ""
+    out = f"👍 {fb.get('up', 0)} · 👎 {fb.get('down', 0)}"
+    if fb.get("bar") is not None:
+        out += f" · bar {fb['bar']:.2f}"
+    return out
 
 
 def _delete_one(ctx: context.UIContext, namespace: str, entries: list[dict[str, Any]]) -> None:

@@ -1,8 +1,13 @@
-"""Chat page: streamed answers, each with its cache badge, sources and a bypass button.
+"""Chat page: streamed answers, each with its cache badge, sources, thumbs up/down and a
+bypass button.
 
 Each question goes to the gateway on its own by default (no history), like the cache demos
 users copy: asking the same thing twice then shows the hit. Turning on "send the
 conversation" makes earlier turns part of the request, and so of the cache key.
+
+The thumbs send the answer's response id to ``POST /v1/feedback``: a thumbs-down on a
+semantic hit stops that stored answer from being served for that question again, on an
+exact hit or a fresh answer it removes the answer from the cache (``cache.feedback``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import streamlit as st
 
 from reprise.ui import context
-from reprise.ui.client import ChatResult, GatewayError, GatewayUnavailable
+from reprise.ui.client import HIT_TIERS, ChatResult, GatewayError, GatewayUnavailable
 from reprise.ui.format import badge_markdown
 from reprise.ui.messages import explain
 
@@ -33,6 +38,9 @@ class Turn:
     bypass: bool
     result: ChatResult = field(default_factory=ChatResult)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    vote: str | None = None  # up | down once the gateway accepted a vote
+    vote_message: str | None = None  # the gateway's answer to the vote (or why it failed)
+    vote_failed: bool = False
 
 
 def _turns() -> list[Turn]:
@@ -45,6 +53,43 @@ def _ask_again(turn_id: str) -> None:
     for turn in _turns():
         if turn.id == turn_id:
             st.session_state[PENDING_KEY] = Turn(turn.question, turn.collection, bypass=True)
+
+
+def _vote(turn_id: str, vote: str) -> None:
+    """Button callback: send a thumbs up/down for the turn's answer and keep the verdict."""
+    turn = next((t for t in _turns() if t.id == turn_id), None)
+    if turn is None or not turn.result.response_id:
+        return
+    ctx = context.current()
+    try:
+        verdict = ctx.client.feedback(turn.result.response_id, vote)
+        turn.vote, turn.vote_failed = vote, False
+        turn.vote_message = str(verdict.get("message") or "thanks — your vote was recorded")
+    except (GatewayError, GatewayUnavailable) as exc:
+        turn.vote_failed = True
+        turn.vote_message = f"The vote was not recorded. {explain(exc)}"
+
+
+def _votes(turn: Turn) -> None:
+    """Thumbs under an answer that came from (or went into) the cache."""
+    r = turn.result
+    if r.error or not r.response_id or r.tier not in (*HIT_TIERS, "miss", "bypass"):
+        return
+    up, down, _ = st.columns([1, 1, 5], vertical_alignment="center")
+    up.button("Good", key=f"up_{turn.id}", icon=":material/thumb_up:", on_click=_vote,
+              args=(turn.id, "up"), disabled=turn.vote is not None,
+              type="primary" if turn.vote == "up" else "secondary",
+              help="This answer is right for my question")
+    down.button("Wrong", key=f"down_{turn.id}", icon=":material/thumb_down:",
+                on_click=_vote, args=(turn.id, "down"), disabled=turn.vote == "down",
+                type="primary" if turn.vote == "down" else "secondary",
+                help="This answer is wrong for my question: the cache will not serve it "
+                     "for this question again")
+    if turn.vote_message:
+        if turn.vote_failed:
+            st.warning(turn.vote_message, icon=":material/error:")
+        else:
+            st.caption(turn.vote_message)
 
 
 def _sources(citations: list[dict[str, Any]]) -> None:
@@ -70,6 +115,7 @@ def _footer(turn: Turn, ctx: context.UIContext) -> None:
         st.caption(f"Matched the earlier question: “{r.matched_question}”")
     if r.citations:
         _sources(r.citations)
+    _votes(turn)
     st.button("Ask again, bypassing the cache", key=f"bypass_{turn.id}",
               icon=":material/refresh:", on_click=_ask_again, args=(turn.id,),
               help="Sends Cache-Control: no-cache: the model answers and the cache is refreshed")

@@ -1,8 +1,8 @@
-"""Dashboard: hit rate over time by tier, latency of hits vs misses, savings, errors.
+"""Dashboard: hit rate over time by tier, latency of hits vs misses, savings, errors, votes.
 
 The gateway keeps its recent chat requests in memory (``/admin/events``, since it started);
-upstream failures come from its Prometheus counters (``/metrics``), which also count the
-failures that never produced an answer event.
+upstream failures and users' votes on answers come from its Prometheus counters
+(``/metrics``), which also count the failures that never produced an answer event.
 """
 
 from __future__ import annotations
@@ -35,17 +35,29 @@ def _upstream_errors(ctx: context.UIContext) -> dict[str, float]:
     return {labels.get("status", "?"): value for labels, value in samples if value}
 
 
+def _feedback(ctx: context.UIContext) -> tuple[dict[str, float], float, float]:
+    """Votes by kind, entries they evicted, and lookups they refused (since start)."""
+    votes: dict[str, float] = {"up": 0.0, "down": 0.0}
+    for labels, value in ctx.client.metric_samples("reprise_feedback_votes_total"):
+        vote = labels.get("vote", "?")
+        votes[vote] = votes.get(vote, 0.0) + value
+    evicted = sum(v for _, v in ctx.client.metric_samples("reprise_feedback_evictions_total"))
+    refused = sum(v for _, v in ctx.client.metric_samples("reprise_feedback_refusals_total"))
+    return votes, evicted, refused
+
+
 def _body(ctx: context.UIContext) -> None:
     events, scope = _events(ctx)
     summary = charts.summarize(events)
     errors = _upstream_errors(ctx)
+    votes, evicted, refused = _feedback(ctx)
     note = ""
     if summary.by_tier["exact"] + summary.by_tier["semantic"] and not summary.saved_tokens:
         note = (" Hits saved no counted tokens: the model reports no token usage (llama.cpp's"
                 " server does not when streaming).")
     st.caption(f"{summary.requests} chat requests since the gateway started ({scope})."
                + note)
-    a, b, c, d, e = st.columns(5)
+    a, b, c, d, e, f = st.columns(6)
     a.metric("Hit rate", f"{summary.hit_rate:.0%}",
              help=f"exact {summary.by_tier['exact']}, semantic {summary.by_tier['semantic']},"
                   f" miss {summary.by_tier['miss']}, bypass {summary.by_tier['bypass']}")
@@ -63,6 +75,9 @@ def _body(ctx: context.UIContext) -> None:
     e.metric("Upstream errors", d_total,
              help=", ".join(f"HTTP {s}: {int(n)}" for s, n in sorted(errors.items()))
              or "none")
+    f.metric("Votes 👍 / 👎", f"{int(votes['up'])} / {int(votes['down'])}",
+             help=f"users' thumbs on answers (POST /v1/feedback): {int(evicted)} entries "
+                  f"evicted by them, {int(refused)} lookups found an answer they refused")
 
     left, right = st.columns(2)
     left.pyplot(charts.hit_rate_figure(events))
