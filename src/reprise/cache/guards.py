@@ -489,13 +489,24 @@ def entities(text: str) -> frozenset[str]:
 
 
 def _mentions(text_lower: str, entity: str) -> bool:
+    """Whether a text names the entity, allowing another ending ("Germany's", "Americans",
+    "Brazilian" for "Brazil", "MacBook" for "Mac"): a word extending the entity, or sharing
+    all but at most two of its last letters and adding at most three. Two names that merely
+    share a stem are not each other ("Austria" is not mentioned by "Australia"); an acronym
+    of up to three letters keeps matching any word it starts ("UN" / "United Nations")."""
     if _CJK.search(entity):
         return entity in text_lower
-    # Allow plural/possessive endings: "Germany's", "Americans".
-    return (
-        re.search(r"(?<![\w])" + re.escape(entity[: max(3, len(entity) - 2)]), text_lower)
-        is not None
-    )
+    stem = entity[: max(3, len(entity) - 2)]
+    for m in re.finditer(r"(?<![a-z0-9\u00c0-\u024f])" + re.escape(stem)
+                         + r"[a-z0-9\u00c0-\u024f]*", text_lower):
+        word = m.group(0)
+        if len(entity) <= 3 or word.startswith(entity):
+            return True
+        common = next((k for k, (a, b) in enumerate(zip(word, entity, strict=False)) if a != b),
+                      min(len(word), len(entity)))
+        if len(entity) - common <= 2 and len(word) - common <= 3:
+            return True
+    return False
 
 
 def entity_guard(query: str, candidate: str) -> str | None:
