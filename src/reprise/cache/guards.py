@@ -110,6 +110,7 @@ _EN_STOP = frozenset(
 _PT_MARKS = re.compile(r"[ãõçáéíóúâêôà]")
 
 
+@lru_cache(maxsize=8192)
 def detect_language(text: str) -> str:
     """'zh', 'ja', 'ko', 'pt', 'en' or '' when the text gives too little evidence.
 
@@ -488,6 +489,15 @@ def entities(text: str) -> frozenset[str]:
     return frozenset(found)
 
 
+_LATIN_RUN = re.compile(r"[a-z0-9\u00c0-\u024f]+")
+
+
+@lru_cache(maxsize=8192)
+def _latin_runs(text_lower: str) -> tuple[str, ...]:
+    """Latin words of a text, Chinese characters left out ("qq邮箱" holds the word "qq")."""
+    return tuple(_LATIN_RUN.findall(text_lower))
+
+
 def _mentions(text_lower: str, entity: str) -> bool:
     """Whether a text names the entity, allowing another ending ("Germany's", "Americans",
     "Brazilian" for "Brazil", "MacBook" for "Mac"): a word extending the entity, or sharing
@@ -497,9 +507,11 @@ def _mentions(text_lower: str, entity: str) -> bool:
     if _CJK.search(entity):
         return entity in text_lower
     stem = entity[: max(3, len(entity) - 2)]
-    for m in re.finditer(r"(?<![a-z0-9\u00c0-\u024f])" + re.escape(stem)
-                         + r"[a-z0-9\u00c0-\u024f]*", text_lower):
-        word = m.group(0)
+    if not entity.isalnum():  # "wi-fi", "o'neill": as written, any ending
+        return re.search(r"(?<![\w])" + re.escape(stem), text_lower) is not None
+    for word in _latin_runs(text_lower):
+        if not word.startswith(stem):
+            continue
         if len(entity) <= 3 or word.startswith(entity):
             return True
         common = next((k for k, (a, b) in enumerate(zip(word, entity, strict=False)) if a != b),
@@ -1101,6 +1113,7 @@ def _class_tables() -> tuple[
 _CLASS_SINGLE, _CLASS_PHRASES, _CLASS_ZH = _class_tables()
 _CLASS_PHRASE_MAX = max(len(k) for k in _CLASS_PHRASES)
 _CLASS_ZH_LONG = sorted((t for t in _CLASS_ZH if len(t) > 1), key=len, reverse=True)
+_ZH_TERM_CHARS = frozenset("".join(_CLASS_ZH))
 _ZH_QUANTITY_PREFIX = re.compile(r"^(?:[\d零〇一二两三四五六七八九十百千万亿几每]+|多少|半)$")
 # Symbols glued to numbers ("R$ 50", "30°C") that ``words`` drops.
 _CLASS_SYMBOLS = (
@@ -1113,23 +1126,28 @@ _CLASS_SYMBOLS = (
 )
 
 
-def _zh_class_split(token: str) -> list[tuple[str, set[ClassTerm]]]:
+@lru_cache(maxsize=16384)
+def _zh_class_split(token: str) -> tuple[tuple[str, frozenset[ClassTerm]], ...]:
     """A jieba token cut around the closed-class terms inside it: jieba glues some to a
     neighbour ("一英里", "英文翻译", "美元兑"). A one-character term ("米", "元", "天") counts
     only as a whole token or after a numeral ("几斤", "3天"): inside a word it is usually
-    another word's character ("小米", "密码", "天气")."""
+    another word's character ("小米", "密码", "天气"). Cached: tokens repeat across
+    questions, and most share no character with any term at all."""
     if token in _CLASS_ZH:
-        return [(token, _CLASS_ZH[token])]
+        return ((token, frozenset(_CLASS_ZH[token])),)
+    if _ZH_TERM_CHARS.isdisjoint(token):
+        return ((token, frozenset()),)
     for term in _CLASS_ZH_LONG:
         k = token.find(term)
         if k >= 0:
-            return [*(_zh_class_split(token[:k]) if k else []), (term, _CLASS_ZH[term]),
-                    *(_zh_class_split(token[k + len(term):]) if k + len(term) < len(token)
-                      else [])]
+            end = k + len(term)
+            return (*(_zh_class_split(token[:k]) if k else ()),
+                    (term, frozenset(_CLASS_ZH[term])),
+                    *(_zh_class_split(token[end:]) if end < len(token) else ()))
     last = token[-1]
     if len(token) > 1 and last in _CLASS_ZH and _ZH_QUANTITY_PREFIX.match(token[:-1]):
-        return [(token[:-1], set()), (last, _CLASS_ZH[last])]
-    return [(token, set())]
+        return ((token[:-1], frozenset()), (last, frozenset(_CLASS_ZH[last])))
+    return ((token, frozenset()),)
 
 
 @lru_cache(maxsize=8192)
@@ -1165,27 +1183,29 @@ def _zh_class_terms(t: str) -> set[ClassTerm]:
     """Chinese closed-class terms, longest first over the whole text (jieba splits "这周末"
     into "这" + "周末"), kept only where a term starts or ends on a jieba word boundary: a
     term straddling two words is a coincidence of characters ("聪明天才" holds "明天")."""
-    tokens = [w for w, _tag in cjk_tagged(t)]
-    bounds, pos = {0}, 0
-    for w in tokens:
+    spans: list[tuple[int, int, str]] = []
+    pos = 0
+    for w, _tag in cjk_tagged(t):
         k = t.find(w, pos)
         if k >= 0:
-            bounds.update((k, k + len(w)))
+            spans.append((k, k + len(w), w))
             pos = k + len(w)
+    bounds = {0} | {k for k, _, _ in spans} | {e for _, e, _ in spans}
     found: set[ClassTerm] = set()
-    rest = list(t)
+    taken = [False] * len(t)
     for term in _CLASS_ZH_LONG:
         k = t.find(term)
         while k >= 0:
             end = k + len(term)
-            if (k in bounds or end in bounds) and all(ch == t[j] for j, ch in
-                                                      enumerate(rest[k:end], k)):
+            if (k in bounds or end in bounds) and not any(taken[k:end]):
                 found |= _CLASS_ZH[term]
-                rest[k:end] = " " * len(term)
+                taken[k:end] = [True] * len(term)
             k = t.find(term, k + 1)
-    for word, _tag in cjk_tagged("".join(rest)):
-        for _part, terms in _zh_class_split(word):
-            found |= terms
+    # One-character terms: whole words, or after a numeral ("几斤"), outside the above.
+    for k, end, w in spans:
+        if not any(taken[k:end]) and w[-1] in _CLASS_ZH:
+            for _part, terms in _zh_class_split(w):
+                found |= terms
     return found
 
 
@@ -1301,6 +1321,10 @@ _ORD_TOKEN = re.compile(
 )
 
 
+_ANY_CONN = (_CONN_FORWARD | _CONN_NUMERIC | _CONN_CLOSED | _CONN_FROM_FRAME | _CONN_QUANTITY
+             | _CONN_ZH_QUANTITY | _CONN_ZH_MOTION | {"que", "from"})
+
+
 @dataclass(frozen=True, slots=True)
 class _Tok:
     text: str  # lower-cased surface
@@ -1311,8 +1335,13 @@ class _Tok:
     verb: bool = False  # jieba tags it a verb (Chinese only)
 
 
+_DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+@lru_cache(maxsize=65536)
 def _latin_arg(word: str) -> _Tok:
-    if re.fullmatch(r"\d+(?:[.,]\d+)*", word):
+    """One Latin word as an argument candidate (cached: questions share most words)."""
+    if _DIGITS.fullmatch(word):
         return _Tok(word, _latin_number(word, None), True, True, False)
     if word in _EN_NUM or word in _PT_NUM:
         return _Tok(word, str(_EN_NUM.get(word, _PT_NUM.get(word))), True, True, False)
@@ -1326,8 +1355,8 @@ def _latin_arg(word: str) -> _Tok:
     return _Tok(word, arg, not stop, False, False)
 
 
-def _zh_arg(part: str, terms: set[ClassTerm]) -> _Tok:
-    if re.fullmatch(r"\d+(?:[.,]\d+)*", part):
+def _zh_arg(part: str, terms: frozenset[ClassTerm]) -> _Tok:
+    if _DIGITS.fullmatch(part):
         return _Tok(part, _latin_number(part, None), True, True, False)
     if _CJK.search(part) is None:
         return _latin_arg(part.lower())
@@ -1352,7 +1381,9 @@ def _arg_tokens(text: str) -> list[_Tok]:
         return [_Tok("#" + k.text, k.arg, False, False, False) if k.text in foreign else k
                 for k in toks]
     out: list[_Tok] = []
-    for word, tag in cjk_tagged(t):
+    # Tagged in its original case: the same jieba call (and cache entry) as ``entities``.
+    for word, tag in cjk_tagged(normalize(text)):
+        word = word.lower()
         for part, terms in _zh_class_split(word):
             tok = _zh_arg(part, terms)
             out.append(dataclasses.replace(tok, verb=tag.startswith("v") and part == word))
@@ -1428,6 +1459,9 @@ def ordered_pairs(text: str) -> frozenset[tuple[str, str]]:
         span = 1
         if (w, nxt) in _TWO_WORD_CONN:
             span = 2
+        elif w not in _ANY_CONN:
+            i += 1
+            continue
         left = _window(toks, i - 1, -1)
         right = _window(toks, i + span, 1)
         reverse = False
