@@ -243,6 +243,11 @@ ORDERED_SWAPS = [
     ("O Brasil é maior do que a Argentina?", "A Argentina é maior do que o Brasil?"),
     ("猫比狗聪明吗？", "狗比猫聪明吗？"),
     ("Convert 5 miles to km", "How many miles is 5 km?"),  # the quantity word is the target
+    ("how many ounces in a pound", "how many pounds in an ounce"),
+    ("Como transferir dinheiro do Nubank para o Itaú?",
+     "Como transferir dinheiro do Itaú para o Nubank?"),
+    ("把文件从电脑传到手机", "把文件从手机传到电脑"),  # jieba's "传到" is verb + direction
+    ("Translate this to Spanish from English", "Translate this to English from Spanish"),
 ]
 
 ORDERED_SAME = [
@@ -262,6 +267,8 @@ ORDERED_SAME = [
     ("从北京到上海怎么走？", "北京到上海怎么去？"),
     ("100美元换成人民币是多少？", "100美元等于多少人民币？"),
     ("How do I get to Lisbon from Porto?", "How do I get from Porto to Lisbon?"),
+    ("How many ml in 3 cups?", "convert 3 cups to ml"),
+    ("How much is 100 dollars in euros?", "100 USD to EUR"),
     # both directions named on one side
     ("flights from Lisbon to Porto and from Porto to Lisbon", "flights from Porto to Lisbon"),
     # Portuguese-looking words in English and resultative 到 in Chinese are not connectives

@@ -1335,6 +1335,7 @@ class _Tok:
     verb: bool = False  # jieba tags it a verb (Chinese only)
 
 
+_ARG_CLASSES = ("unit", "currency", "language name")  # closed classes that are arguments
 _DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
 
 
@@ -1345,9 +1346,11 @@ def _latin_arg(word: str) -> _Tok:
         return _Tok(word, _latin_number(word, None), True, True, False)
     if word in _EN_NUM or word in _PT_NUM:
         return _Tok(word, str(_EN_NUM.get(word, _PT_NUM.get(word))), True, True, False)
-    terms = [v for c, v in _CLASS_SINGLE.get(word, ()) if c != "time reference"]
+    # "pound" is a unit and a currency: one identity for both, the unit's ("lb").
+    terms = sorted((_ARG_CLASSES.index(c), v) for c, v in _CLASS_SINGLE.get(word, ())
+                   if c in _ARG_CLASSES)
     if terms:
-        return _Tok(word, min(terms), True, False, True)
+        return _Tok(word, terms[0][1], True, False, True)
     base = word.split("'")[0]
     stop = (base in _EN_STOP or base in _PT_STOP or base in _ARG_STOP or not word[0].isalnum()
             or word in _BOUNDARY_WORDS)
@@ -1360,14 +1363,15 @@ def _zh_arg(part: str, terms: frozenset[ClassTerm]) -> _Tok:
         return _Tok(part, _latin_number(part, None), True, True, False)
     if _CJK.search(part) is None:
         return _latin_arg(part.lower())
-    values = sorted(v for c, v in terms if c in ("unit", "currency", "language name"))
+    values = sorted((_ARG_CLASSES.index(c), v) for c, v in terms if c in _ARG_CLASSES)
     if values:
-        return _Tok(part, values[0], True, False, True)
+        return _Tok(part, values[0][1], True, False, True)
     if re.fullmatch(r"第?[零〇一二两三四五六七八九十百千万亿]+", part):
         value = _zh_value(part)
         if value is not None:
             return _Tok(part, value, True, True, False)
-    stop = part in _ARG_STOP or all(ch in _ZH_FUNCTION for ch in part)
+    stop = (part in _ARG_STOP or part in _FROM_MARKERS
+            or all(ch in _ZH_FUNCTION for ch in part))
     return _Tok(part, part, not stop, False, False)
 
 
@@ -1384,9 +1388,16 @@ def _arg_tokens(text: str) -> list[_Tok]:
     # Tagged in its original case: the same jieba call (and cache entry) as ``entities``.
     for word, tag in cjk_tagged(normalize(text)):
         word = word.lower()
+        verb = tag.startswith("v")
+        if verb and len(word) > 1 and word[-1] == "到" and word not in _CONN_FORWARD:
+            # jieba glues the direction to its verb ("传到", "寄到"): keep them apart, so
+            # "从电脑传到手机" still reads 电脑 → 手机.
+            out += [_Tok(word[:-1], word[:-1], True, False, False, verb=True),
+                    _zh_arg("到", frozenset())]
+            continue
         for part, terms in _zh_class_split(word):
             tok = _zh_arg(part, terms)
-            out.append(dataclasses.replace(tok, verb=tag.startswith("v") and part == word))
+            out.append(dataclasses.replace(tok, verb=verb and part == word))
     return out
 
 
@@ -1470,8 +1481,9 @@ def ordered_pairs(text: str) -> frozenset[tuple[str, str]]:
             continue
         near_l, near_r = toks[left[0]], toks[right[0]]
         if w in _CONN_ZH_MOTION:
+            # Inside "从 X … 到 Y" a verb may sit before 到 ("从电脑传到手机").
             connects = (left[0] == i - 1 and right[0] == i + 1 and not near_l.verb
-                        and not near_r.verb)
+                        and not near_r.verb) or (w in _TO_FAMILY and _in_from_frame(toks, i))
         elif span == 2 or w in _CONN_FORWARD:
             connects = True
         elif w in _CONN_QUANTITY and _quantity_before(toks, left):
