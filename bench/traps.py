@@ -259,7 +259,7 @@ def report(traps: list[Outcome], paras: list[Outcome], lookup: SemanticLookup,
         "Each pair alone in its own partition of a `MemoryStore`: the first question stored "
         "with an answer, the second asked through `SemanticLookup.find` as "
         "`components.build_semantic` wires it from default `Settings` (cosine floor "
-        f"{lookup.threshold:.2f}, verifier cutoff {lookup.cutoff(None):.2f}, real USE "
+        f"{lookup.threshold:.3f}, verifier cutoffs {lookup.verifier.point.cutoffs}, real USE "
         "embedder). Lists: `tests/data/traps.tsv` (must never be served), "
         "`tests/data/paraphrases.tsv` (a user expects a hit); both written by hand, not "
         f"tuned to the pipeline. Lookups took {seconds:.0f} s. Measured at {provenance()}.",

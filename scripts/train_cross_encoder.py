@@ -57,13 +57,42 @@ HEAD_LR = 200.0  # head learning rate, as a multiple of the encoder's
 
 # -- model ------------------------------------------------------------------------------------
 
+def fake_q4(w: torch.Tensor) -> torch.Tensor:
+    """The weight as the engine will hold it (``cross_encoder.quantize_q4``: Q4_0 blocks of
+    32, fp16 scale), with a straight-through gradient to the float weight underneath.
+    Without this the fine-tuning deltas, far smaller than a 4-bit step, are rounded away at
+    export (measured: held-out AUC 0.92 in torch, 0.77 through the engine)."""
+    b = w.reshape(w.shape[0], -1, 32)
+    maxv = b.gather(-1, b.abs().argmax(-1, keepdim=True))
+    d = (maxv / -8.0).half().float()
+    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / torch.where(d == 0, 1.0, d))
+    q = torch.clamp(torch.floor(b * inv + 8.5), 0, 15)
+    return w + ((q - 8) * d).reshape(w.shape).sub(w).detach()
+
+
+def fake_q8(x: torch.Tensor) -> torch.Tensor:
+    """Activations as the engine quantizes them before every matmul (Q8_0: blocks of 32,
+    scale = max |x| / 127, round half to even), straight-through."""
+    b = x.reshape(*x.shape[:-1], -1, 32)
+    d = b.abs().amax(-1, keepdim=True) / 127.0
+    q = torch.clamp(torch.round(b / torch.where(d == 0, 1.0, d)), -128, 127) * d
+    return x + q.reshape(x.shape).sub(x).detach()
+
+
+class QLinear(nn.Linear):
+    """A linear layer computed as the engine computes it: 4-bit weights, 8-bit inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(fake_q8(x), fake_q4(self.weight), self.bias)
+
+
 class Layer(nn.Module):
     def __init__(self, h: int, heads: int, ffn: int, eps: float) -> None:
         super().__init__()
         self.heads = heads
-        self.q, self.k, self.v, self.ao = (nn.Linear(h, h) for _ in range(4))
+        self.q, self.k, self.v, self.ao = (QLinear(h, h) for _ in range(4))
         self.aln = nn.LayerNorm(h, eps=eps)
-        self.fi, self.fo = nn.Linear(h, ffn), nn.Linear(ffn, h)
+        self.fi, self.fo = QLinear(h, ffn), QLinear(ffn, h)
         self.oln = nn.LayerNorm(h, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,8 +114,10 @@ class CrossEncoder(nn.Module):
         hd = f.header
         self.word = nn.Embedding.from_pretrained(
             torch.from_numpy(f.tensor("emb.word", (hd.vocab, hd.hidden))), freeze=True)
-        self.pos = nn.Parameter(torch.from_numpy(f.tensor("emb.pos", (hd.max_positions, hd.hidden))))
-        self.tok_type = nn.Parameter(torch.from_numpy(f.tensor("emb.type", (hd.type_vocab, hd.hidden))))
+        self.pos = nn.Parameter(
+            torch.from_numpy(f.tensor("emb.pos", (hd.max_positions, hd.hidden))))
+        self.tok_type = nn.Parameter(
+            torch.from_numpy(f.tensor("emb.type", (hd.type_vocab, hd.hidden))))
         self.eln = nn.LayerNorm(hd.hidden, eps=hd.eps)
         self.eln.weight.data = torch.from_numpy(f.tensor("emb.ln.w", (hd.hidden,)))
         self.eln.bias.data = torch.from_numpy(f.tensor("emb.ln.b", (hd.hidden,)))
@@ -213,7 +244,9 @@ def main() -> None:
     print(f"train {len(train)} held {len(held)}", flush=True)
     cache: dict[str, list[int]] = {}
 
-    def rows_of(pairs: list[tuple[sd.Pair, str]], swap: bool) -> list[tuple[list[int], float, float]]:
+    Rows = list[tuple[list[int], float, float]]
+
+    def rows_of(pairs: list[tuple[sd.Pair, str]], swap: bool) -> Rows:
         out = []
         for p, name in pairs:
             a, b = (p.q2, p.q1) if swap and rng.random() < 0.5 else (p.q1, p.q2)

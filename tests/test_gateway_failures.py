@@ -238,7 +238,7 @@ def test_embedder_failure_keeps_the_exact_tier(fake_upstream: Any, tmp_path: Pat
     """The semantic tier fails open, and the answer is still stored for exact hits."""
     url, state = fake_upstream
     with running_gateway(url, tmp_path, embedder=_FailingEmbedder(use_embedder),
-                         store="sqlite", semantic_verifier_e5=False) as (base, comp), \
+                         store="sqlite", semantic_verifier=False) as (base, comp), \
             httpx.Client(base_url=base, timeout=30) as client:
         question = f"{_FailingEmbedder.MARKER} {tag()}: how do I rotate my API key?"
         before = state.calls

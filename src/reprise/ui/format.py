@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from reprise.ui.client import ChatResult
 
 TIER_COLORS = {"exact": "#2e7d32", "semantic": "#1565c0", "miss": "#ef6c00",
@@ -54,3 +56,17 @@ def badge_markdown(result: ChatResult, cost_per_token: float) -> str:
     elif tokens:
         parts.append(f"{count} (≈ {money(tokens * cost_per_token)})")
     return " · ".join(parts)
+
+
+def lookup_caption(lookup: dict[str, Any] | None) -> str | None:
+    """Why the semantic tier served this answer or did not, in one line:
+    "closest: “…” 0.78 — numbers differ (5 / 7)". None when there is nothing to say."""
+    if not lookup:
+        return None
+    stage, reason = lookup.get("stage"), str(lookup.get("reason") or "")
+    nearest, sim = lookup.get("nearest"), lookup.get("similarity")
+    if stage in ("empty", "ineligible") or not nearest:
+        return f"Semantic cache: {reason}" if reason else None
+    shown = nearest if len(nearest) <= 90 else nearest[:87] + "…"
+    head = "served from" if lookup.get("hit") else "closest"
+    return f"{head}: “{shown}” {float(sim or 0.0):.2f} — {reason}"

@@ -20,7 +20,7 @@ import streamlit as st
 
 from reprise.ui import context
 from reprise.ui.client import HIT_TIERS, ChatResult, GatewayError, GatewayUnavailable
-from reprise.ui.format import badge_markdown
+from reprise.ui.format import badge_markdown, lookup_caption
 from reprise.ui.messages import explain
 
 TURNS_KEY = "chat_turns"
@@ -113,6 +113,8 @@ def _footer(turn: Turn, ctx: context.UIContext) -> None:
         st.markdown(badge_markdown(r, ctx.price_per_1k / 1000.0))
     if r.tier == "semantic" and r.matched_question:
         st.caption(f"Matched the earlier question: “{r.matched_question}”")
+    if r.tier != "semantic" and (why := lookup_caption(r.lookup)):
+        st.caption(why)
     if r.citations:
         _sources(r.citations)
     _votes(turn)
