@@ -54,7 +54,10 @@ FLOORS = np.round(np.arange(0.50, 0.901, 0.025), 3)
 # questions have the lowest cosines: a high floor would decide them by cosine alone).
 FLOOR_KEEP = 0.90
 CUTOFFS = np.round(np.arange(0.20, 0.991, 0.01), 2)
-SLOPE = 1.0  # cutoff change per unit of threshold change (X-Reprise-Threshold)
+# Cutoff change per unit of threshold change (X-Reprise-Threshold): 0.25, so that a caller's
+# threshold 0.9 asks for cutoffs ~0.07 higher rather than for certainty (with 1.0, every
+# cutoff reached 1.0 above a threshold of ~0.8 and the tier served only identical questions).
+SLOPE = 0.25
 
 
 def main() -> None:
