@@ -165,3 +165,29 @@ def test_semantic_entries_listed_with_hits(gw: Any) -> None:
     chat(client, user("How can I reset my password?"), h)
     rows = client.get("/admin/cache", headers=h).json()["data"]
     assert len(rows) == 1 and rows[0]["semantic"] and rows[0]["hits"] == 1
+
+
+def test_every_lookup_is_explained_over_http(gw: Any) -> None:
+    """Miss and hit both say why: header, body (JSON and first stream chunk), events."""
+    client, _, _ = gw
+    h = ns()
+    chat(client, user("Convert 5 miles to kilometers"), h)
+    miss = chat(client, user("Convert 7 miles to kilometers"), h)
+    assert miss.headers["x-reprise-cache"] == "miss"
+    assert miss.headers["x-reprise-lookup"].startswith("guard")
+    lookup = miss.json()["reprise"]["lookup"]
+    assert lookup["hit"] is False and lookup["stage"] == "guard"
+    assert lookup["nearest"] == "Convert 5 miles to kilometers" and "7" in lookup["reason"]
+    streamed = client.post("/v1/chat/completions", headers=h, json={
+        "model": "fake-model", "stream": True,
+        "messages": user("Convert 9 miles to kilometers")})
+    first = sse_events(streamed.text)[0]
+    assert first["reprise"]["lookup"]["stage"] == "guard"
+    hit = chat(client, user("convert 5 miles to kilometers"), h)  # another exact key
+    assert hit.headers["x-reprise-cache"] == "semantic"
+    assert hit.headers["x-reprise-lookup"].startswith("rule")
+    assert hit.json()["reprise"]["lookup"]["hit"] is True
+    events = client.get("/admin/events", headers=h).json()["data"]
+    assert any((e.get("lookup") or {}).get("stage") == "guard" for e in events)
+    assert 'reprise_semantic_verdicts_total{hit="false",stage="guard"}' in \
+        client.get("/metrics").text
