@@ -235,6 +235,9 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=0, help="time this many steps and stop")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--state-name", default="model.pt", help="torch state file under WORK")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="continue from a saved torch state (.cache/cross_encoder/model.pt)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -256,6 +259,8 @@ def main() -> None:
     train_rows = rows_of(train, swap=True)
     held_rows = rows_of(held, swap=False)
     model = CrossEncoder(f, args.layers)
+    if args.resume is not None:
+        model.load_state_dict(torch.load(args.resume))
     params = [p for p in model.parameters() if p.requires_grad]
     head = list(model.head.parameters())
     body = [p for p in params if all(p is not h for h in head)]
@@ -270,7 +275,8 @@ def main() -> None:
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     WORK.mkdir(parents=True, exist_ok=True)
     meta = {"trained_on": sorted(SET_WEIGHT), "pairs": len(train_rows), "steps": total,
-            "lr": args.lr, "batch": args.batch, "seed": 0}
+            "lr": args.lr, "batch": args.batch, "seed": 0,
+            "resumed_from": None if args.resume is None else args.resume.name}
     step, t0 = 0, time.time()
     loss_avg = 0.0
     while step < total:
@@ -292,7 +298,7 @@ def main() -> None:
                       f"eta {(total - step) * el / step / 60:.1f} min", flush=True)
             if not args.probe and (step % args.eval_every == 0 or step == total):
                 export(model, args.layers, args.out, {**meta, "at_step": step})
-                torch.save(model.state_dict(), WORK / "model.pt")
+                torch.save(model.state_dict(), WORK / args.state_name)
                 print(f"checkpoint at step {step}", flush=True)
             if step >= total:
                 break
