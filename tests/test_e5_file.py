@@ -55,14 +55,6 @@ def test_known_pieces(e5: E5File) -> None:
     assert "".join(pieces[i] for i in ids).replace("\u2581", " ").strip() == "query: hello"
 
 
-def test_word_rows_are_rows_of_the_table(e5: E5File) -> None:
-    ids = np.array([0, 5, 1294, 250036])
-    rows = e5.word_rows(ids)
-    raw = np.frombuffer(e5.tensor_bytes("emb.word"), dtype=np.uint8).reshape(e5.header.vocab, -1)
-    assert np.array_equal(rows, _dequantize_q4(raw[ids].reshape(-1), len(ids), 384))
-    assert rows.shape == (4, 384) and np.isfinite(rows).all() and np.abs(rows).max() > 0
-
-
 def test_q4_quantisation_round_trips_within_a_step() -> None:
     """ggml's Q4_0: 16 levels of d = (largest-magnitude value) / -8; values round to the
     nearest level, those beyond the top level (the other sign's extreme) clip to it."""

