@@ -55,9 +55,25 @@ def _serve_gateway(settings: Settings) -> None:
     _check_exposure(settings)
     limit_native_threads(settings.compute_threads)
     # log_config=None: uvicorn's own records go through our (JSON, redacting) handler.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False, log_config=None,
-                timeout_graceful_shutdown=settings.graceful_shutdown_seconds)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level=settings.log_level, access_log=False, log_config=None,
+                            timeout_graceful_shutdown=settings.graceful_shutdown_seconds)
+    if settings.ollama_port is None or settings.ollama_port == settings.port:
+        uvicorn.Server(config).run()
+        return
+    # One app, one event loop, two listening sockets: the Ollama port is the same gateway
+    # (every route answers on both), so OLLAMA_HOST=http://host:11434 reaches it.
+    second = uvicorn.Config(config.app, host=settings.host, port=settings.ollama_port,
+                            log_config=None, access_log=False)
+    try:
+        sockets = [config.bind_socket(), second.bind_socket()]
+    except SystemExit as exc:  # uvicorn exits when a port is taken; say which one
+        console.print(f"[red]cannot listen on {settings.host}:{settings.port} and "
+                      f":{settings.ollama_port} (Ollama port): is one of them in use?[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"Ollama API on http://{settings.host}:{settings.ollama_port}/api "
+                  "(OLLAMA_HOST)")
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 @app.command()
@@ -65,9 +81,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
     role: Annotated[str, typer.Option(help="gateway | embeddings | ui")] = "gateway",
+    ollama_port: Annotated[int | None, typer.Option(
+        help="also listen here for Ollama apps (11434 = OLLAMA_HOST's default)")] = None,
 ) -> None:
     """Run one service of Reprise in the foreground."""
     overrides: dict[str, Any] = {}
+    if ollama_port:
+        overrides["ollama_port"] = ollama_port
     if host:
         overrides["host"] = host
     if port:
@@ -154,9 +174,13 @@ def up(
     store: Annotated[str | None, typer.Option(help="sqlite | memory | redis")] = None,
     ui: Annotated[bool, typer.Option(help="also start the web UI")] = True,
     model_server: Annotated[bool, typer.Option(help="start the embedded llama.cpp server")] = True,
+    ollama_port: Annotated[int | None, typer.Option(
+        help="also listen here for Ollama apps (11434 = OLLAMA_HOST's default)")] = None,
 ) -> None:
     """Start the embedded stack: llama.cpp + SmolLM2, the gateway, and the UI."""
     overrides: dict[str, Any] = {}
+    if ollama_port:
+        overrides["ollama_port"] = ollama_port
     if store:
         overrides["store"] = store
     settings = Settings(**overrides)

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # --- HTTP surface -----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+    # A second port for the same gateway, for Ollama apps: they find a server through
+    # OLLAMA_HOST (default http://127.0.0.1:11434), so listening on 11434 as well switches
+    # them over with no change. None = off (a real Ollama may own 11434).
+    ollama_port: int | None = None
     max_body_bytes: int = 1 << 20
     max_messages: int = 512
     max_tokens_cap: int | None = None

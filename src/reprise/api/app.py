@@ -8,7 +8,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from reprise.api import admin, collections, embeddings, feedback, openai
+from reprise.api import (
+    admin,
+    anthropic,
+    collections,
+    completions,
+    embeddings,
+    feedback,
+    ollama,
+    openai,
+    responses,
+)
 from reprise.api.errors import install_error_handlers
 from reprise.api.middleware import install_operations
 from reprise.components import Components, build_components
@@ -43,6 +53,10 @@ def create_app(settings: Settings | None = None, components: Components | None =
     install_error_handlers(app)
     install_operations(app, settings)
     app.include_router(openai.router)
+    app.include_router(completions.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
+    app.include_router(ollama.router)
     app.include_router(embeddings.router)
     app.include_router(admin.router)
     app.include_router(collections.router)

@@ -52,35 +52,49 @@ def encode(vectors: np.ndarray, encoding_format: str) -> list[Any]:
     return [v.tolist() for v in np.asarray(vectors, dtype=np.float32)]
 
 
-@router.post("/v1/embeddings")
-async def embeddings(request: Request) -> Response:
-    settings = settings_of(request)
+async def embed_texts(request: Request, texts: list[str], *, kind: Kind = "query",
+                      dimensions: int | None = None,
+                      param: str = "input") -> tuple[Embedder, np.ndarray, int]:
+    """Checked, rate-limited embedding of ``texts``: the one path of every embeddings
+    surface (OpenAI's ``/v1/embeddings``, Ollama's ``/api/embed`` and ``/api/embeddings``).
+
+    Returns the embedder (its name is the model a caller is told), unit-norm vectors cut
+    to ``dimensions`` when asked, and the token count charged to the caller's limits.
+    """
     embedder = embedder_of(request)
     if embedder is None:
         raise APIError(503, "no embedder is configured on this service", code="no_embedder")
-    body = await read_json(request, settings.max_body_bytes)
-    req = parse_model(EmbeddingsRequest, body)
-    texts = [req.input] if isinstance(req.input, str) else list(req.input)
     if len(texts) > MAX_INPUTS:
         raise APIError(400, f"too many inputs ({len(texts)}); the limit is {MAX_INPUTS}",
-                       code="too_many_inputs", param="input")
+                       code="too_many_inputs", param=param)
     if any(not t.strip() for t in texts):
-        raise APIError(400, "input must not contain empty strings", param="input",
+        raise APIError(400, f"{param} must not contain empty strings", param=param,
                        code="invalid_value")
     tokens = sum(max(1, len(t) // 4) for t in texts)
     await enforce(request, tokens)
-    kind: Kind = "passage" if req.input_type in ("passage", "document") else "query"
     try:
         vectors = await embedder.embed(texts, kind)
     except EmbedderError as exc:
         raise APIError(503, f"the embedder failed: {exc}", code="embedder_error") from exc
-    if req.dimensions is not None:
-        if not 1 <= req.dimensions <= vectors.shape[1]:
+    if dimensions is not None:
+        if not 1 <= dimensions <= vectors.shape[1]:
             raise APIError(400, f"dimensions must be between 1 and {vectors.shape[1]}",
                            param="dimensions", code="invalid_value")
-        vectors = vectors[:, : req.dimensions]
+        vectors = vectors[:, :dimensions]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.where(norms == 0, 1, norms)
+    return embedder, vectors, tokens
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    settings = settings_of(request)
+    body = await read_json(request, settings.max_body_bytes)
+    req = parse_model(EmbeddingsRequest, body)
+    texts = [req.input] if isinstance(req.input, str) else list(req.input)
+    kind: Kind = "passage" if req.input_type in ("passage", "document") else "query"
+    embedder, vectors, tokens = await embed_texts(request, texts, kind=kind,
+                                                  dimensions=req.dimensions)
     data = [{"object": "embedding", "index": i, "embedding": e}
             for i, e in enumerate(encode(vectors, req.encoding_format))]
     out = {"object": "list", "data": data, "model": req.model or embedder.name,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from reprise.api.body import read_json
+from reprise.api.canonical import chat_id_of
 from reprise.api.deps import components, tenant_namespace
 from reprise.api.errors import APIError
 from reprise.api.limits import enforce
@@ -93,7 +94,7 @@ async def feedback(request: Request) -> Response:
     vote = req.vote
     try:
         if req.response_id is not None:
-            rid = req.response_id
+            rid = chat_id_of(req.response_id)
             record = await store.get_served(namespace, rid)
             if record is None:
                 raise _not_found(

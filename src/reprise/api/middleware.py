@@ -24,7 +24,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reprise.api.auth import PUBLIC_PATHS, KeyRing, bearer
-from reprise.api.errors import error_body
+from reprise.api.errors import shaped_error_body, surface_of
 from reprise.observability.logs import request_id_var
 
 access_log = logging.getLogger("reprise.access")
@@ -69,10 +69,11 @@ def _match_template(routes: Any, scope: Scope) -> str | None:
 
 
 async def send_json_error(send: Send, status: int, message: str, code: str,
-                          headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                          headers: list[tuple[bytes, bytes]] | None = None,
+                          path: str = "") -> None:
     import orjson
 
-    body = orjson.dumps(error_body(status, message, code))
+    body = orjson.dumps(shaped_error_body(surface_of(path), status, message, code))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *(headers or [])]})
@@ -152,7 +153,7 @@ class Authenticate:
             message = ("missing API key: send Authorization: Bearer <key>" if not raw
                        else "invalid API key")
             await send_json_error(send, 401, message, "invalid_api_key",
-                                  [(b"www-authenticate", b"Bearer")])
+                                  [(b"www-authenticate", b"Bearer")], path=scope["path"])
             return
         state = scope.setdefault("state", {})
         state.update(tenant=key.tenant, role=key.role, key_id=key.key_id, rpm=key.rpm,

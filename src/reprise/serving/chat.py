@@ -1,6 +1,7 @@
 """Chat completions through the cache: lookup, single-flight miss, store, replay.
 
-HTTP-free: ``api/openai.py`` turns a ``ChatOutcome`` into a JSON or SSE response.
+HTTP-free: ``api/chat_endpoint.py`` serves it to every protocol, which renders the
+``ChatOutcome`` in its own wire format.
 """
 
 from __future__ import annotations
