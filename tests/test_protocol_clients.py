@@ -111,7 +111,9 @@ def test_ollama_rest_api_as_a_requests_script_calls_it(gw: tuple[str, Any],
 
         missing = http.post("/api/chat", json={**body, "model": "llama9"})
         assert missing.status_code == 404
-        assert missing.json() == {"error": "model 'llama9' not found: it is not served here"}
+        assert set(missing.json()) == {"error"}
+        assert missing.json()["error"].startswith("model 'llama9' not found")
+        assert "REPRISE_MODEL_MAP" in missing.json()["error"]
         bad = http.post("/api/generate", content=b"{not json")
         assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
         assert http.get("/").text == "Ollama is running"
@@ -230,8 +232,9 @@ def test_anthropic_sdk_messages(gw: tuple[str, Any], ns: dict[str, str]) -> None
     client = anthropic.Anthropic(base_url=gw[0], api_key="unused", default_headers=ns)
     before = calls(gw)
     # (the anthropic SDK 2.x has no temperature parameter; the API still accepts one)
+    q = "What is a distributed system?"
     args: dict[str, Any] = {"model": MODEL, "max_tokens": 20, "system": "Answer briefly.",
-                            "messages": [{"role": "user", "content": "What is a distributed system?"}]}
+                            "messages": [{"role": "user", "content": q}]}
     first = client.messages.create(**args)
     assert first.type == "message" and first.role == "assistant"
     assert first.content[0].type == "text" and first.content[0].text
@@ -247,7 +250,7 @@ def test_anthropic_sdk_messages(gw: tuple[str, Any], ns: dict[str, str]) -> None
     assert final.stop_reason == first.stop_reason and final.usage.cache_read_input_tokens
     blocks = client.messages.create(**{**args, "system": [
         {"type": "text", "text": "Answer briefly.", "cache_control": {"type": "ephemeral"}}],
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "What is a distributed system?"}]}]})
+        "messages": [{"role": "user", "content": [{"type": "text", "text": q}]}]})
     assert blocks.content[0].text == first.content[0].text  # type: ignore[union-attr]
     paraphrase = client.messages.create(**{**args, "messages": [
         {"role": "user", "content": "Can you explain what a distributed system is?"}]})

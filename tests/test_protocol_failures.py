@@ -305,3 +305,67 @@ def test_document_collections_through_ollama_and_anthropic(
     m = http.post("/v1/messages", json=anthropic_body("When does the office open?",
                                                       collection="handbook")).json()
     assert m["citations"] and m["content"][0]["text"]
+
+
+def test_concurrent_identical_questions_share_one_upstream_call_across_protocols(
+        gw: tuple[str, Any, Any]) -> None:
+    """Single-flight works on the canonical request, whichever protocol each caller used."""
+    import asyncio
+
+    comp = gw[1]
+    q = f"[slow:0.6] What is single-flight? {uuid.uuid4().hex[:6]}"
+    headers = {"X-Reprise-Namespace": f"s{uuid.uuid4().hex[:8]}"}
+
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(base_url=gw[0], timeout=30, headers=headers) as c:
+            rs = await asyncio.gather(
+                c.post("/v1/chat/completions", json={"model": "fake-model", "max_tokens": 64,
+                                                     "messages": [{"role": "user",
+                                                                   "content": q}]}),
+                c.post("/api/chat", json=ollama_chat(q, stream=False,
+                                                     options={"num_predict": 64})),
+                c.post("/v1/messages", json=anthropic_body(q)),
+                c.post("/v1/messages", json=anthropic_body(q, stream=True)),
+                c.post("/v1/completions", json={"model": "fake-model", "prompt": q,
+                                                "max_tokens": 64}))
+        return [rs[0].json()["choices"][0]["message"]["content"],
+                rs[1].json()["message"]["content"], rs[2].json()["content"][0]["text"],
+                "".join(d["delta"]["text"] for n, d in sse(rs[3].text)
+                        if n == "content_block_delta"),
+                rs[4].json()["choices"][0]["text"]]
+
+    before = comp.chat.upstream_calls
+    texts = asyncio.run(burst())
+    assert comp.chat.upstream_calls == before + 1
+    assert len(set(texts)) == 1 and texts[0].startswith("Answer #")
+
+
+def test_votes_accept_each_protocols_answer_id(http: httpx.Client) -> None:
+    q = f"What is a vote? {uuid.uuid4().hex[:6]}"
+    m = http.post("/v1/messages", json=anthropic_body(q)).json()
+    assert m["id"].startswith("msg_")
+    vote = http.post("/v1/feedback", json={"response_id": m["id"], "vote": "down"})
+    assert vote.status_code == 200, vote.text
+    assert http.post("/v1/messages", json=anthropic_body(q)).headers[
+        "x-reprise-cache"] == "miss"  # a down on a fresh answer evicted it
+    r = http.post("/v1/responses", json={"model": "fake-model", "input": q + "?"}).json()
+    assert http.post("/v1/feedback", json={"response_id": r["id"], "vote": "up"}
+                     ).status_code == 200
+    o = http.post("/api/chat", json=ollama_chat(q + "!", stream=False))
+    rid = o.headers["x-reprise-response-id"]
+    assert http.post("/v1/feedback", json={"response_id": rid, "vote": "up"}).status_code == 200
+
+
+def test_model_names_with_and_without_the_latest_tag_are_one_model(
+        http: httpx.Client, gw: tuple[str, Any, Any]) -> None:
+    q = f"Tags? {uuid.uuid4().hex[:6]}"
+    a = http.post("/api/chat", json={**ollama_chat(q, stream=False), "model": "fake-model"})
+    b = http.post("/api/chat", json={**ollama_chat(q, stream=False),
+                                     "model": "fake-model:latest"})
+    assert a.status_code == b.status_code == 200
+    assert b.headers["x-reprise-cache"] == "exact"
+    assert b.json()["model"] == "fake-model:latest"
+    assert gw[2].requests[-1]["model"] == "fake-model"
+    other = http.post("/api/chat", json={**ollama_chat(q, stream=False),
+                                         "model": "fake-model:7b"})
+    assert other.status_code == 404 and "REPRISE_MODEL_MAP" in other.json()["error"]

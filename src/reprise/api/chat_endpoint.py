@@ -94,18 +94,31 @@ def cache_policy(request: Request, namespace: str) -> CachePolicy:
     return policy
 
 
+def _tag_variants(name: str) -> list[str]:
+    """``llama3`` and ``llama3:latest`` name one model (Ollama's convention, which Ollama
+    upstreams list with the tag and apps write without it, or the other way round)."""
+    if name.endswith(":latest"):
+        return [name, name.removesuffix(":latest")]
+    if ":" not in name:
+        return [name, f"{name}:latest"]
+    return [name]
+
+
 async def resolve_model(comp: Components, requested: str | None) -> str:
     """Public model name → upstream model name; 404 for a model nobody serves."""
     settings = comp.settings
-    upstream_name = settings.upstream_model_for(requested)
-    if not requested or requested == "default" or requested in comp.known_models:
-        return upstream_name
-    # Not configured: the upstream may still serve it (Ollama/vLLM with many models).
-    listed = await comp.upstream.models()
-    comp.known_models.update(listed)
-    if requested in comp.known_models:
-        return upstream_name
-    raise APIError(404, f"model '{requested}' not found: it is not served here",
+    if not requested or requested == "default":
+        return settings.upstream_model_for(requested)
+    for refreshed in (False, True):
+        if refreshed:
+            # Not configured: the upstream may still serve it (Ollama/vLLM, many models).
+            comp.known_models.update(await comp.upstream.models())
+        for name in _tag_variants(requested):
+            if name in comp.known_models:
+                return settings.upstream_model_for(name)
+    raise APIError(404, f"model '{requested}' not found: it is not served here (serve it "
+                   "under that name with REPRISE_MODEL_MAP, e.g. "
+                   f"'{{\"{requested}\": \"{settings.upstream_model}\"}}')",
                    code="model_not_found", param="model")
 
 

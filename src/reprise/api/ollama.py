@@ -128,12 +128,6 @@ class OllamaModelRequest(BaseModel):
 
 
 # -- parse -----------------------------------------------------------------------------------
-def _model_name(name: str) -> str:
-    """``llama3`` and ``llama3:latest`` name one model in Ollama; Reprise lists the bare
-    names, so the tag is dropped before lookup (a different tag stays part of the name)."""
-    return name.removesuffix(":latest")
-
-
 def _sampling(options: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (options or {}).items():
@@ -215,7 +209,7 @@ def _canonical(model: str, messages: list[dict[str, Any]], req: _Common,
 
 
 def parse_chat(req: OllamaChatRequest) -> ChatCall:
-    body = _canonical(_model_name(req.model), _messages(req.messages), req, req.tools)
+    body = _canonical(req.model, _messages(req.messages), req, req.tools)
     return ChatCall(body, stream=req.stream, param_names=_PARAM_NAMES)
 
 
@@ -234,7 +228,7 @@ def parse_generate(req: OllamaGenerateRequest) -> ChatCall:
     if req.system:
         messages.append({"role": "system", "content": req.system})
     messages.append({"role": "user", "content": _content(req.prompt, req.images)})
-    body = _canonical(_model_name(req.model), messages, req)
+    body = _canonical(req.model, messages, req)
     return ChatCall(body, stream=req.stream, param_names=_PARAM_NAMES)
 
 
@@ -340,7 +334,7 @@ async def chat(request: Request) -> Response:
     body = await read_json(request, components(request).settings.max_body_bytes)
     req = parse_model(OllamaChatRequest, body)
     if not req.messages:
-        return await _load_only(request, _model_name(req.model), req.keep_alive, "chat")
+        return await _load_only(request, req.model, req.keep_alive, "chat")
     served = await serve_chat(request, parse_chat(req))
     return _respond(request, served, "chat")
 
@@ -350,7 +344,7 @@ async def generate(request: Request) -> Response:
     body = await read_json(request, components(request).settings.max_body_bytes)
     req = parse_model(OllamaGenerateRequest, body)
     if not req.prompt and not req.images:
-        return await _load_only(request, _model_name(req.model), req.keep_alive, "generate")
+        return await _load_only(request, req.model, req.keep_alive, "generate")
     served = await serve_chat(request, parse_generate(req))
     return _respond(request, served, "generate")
 
@@ -406,8 +400,8 @@ async def show(request: Request) -> Response:
     name = req.model or req.name
     if not name:
         raise APIError(400, "model is required", param="model")
-    await resolve_model(components(request), _model_name(name))
-    entry = _model_entry(_model_name(name))
+    await resolve_model(components(request), name)
+    entry = _model_entry(name)
     return _json({"modelfile": "", "parameters": "", "template": "",
                   "details": entry["details"], "model_info": {},
                   "capabilities": ["completion", "tools"], "modified_at": entry["modified_at"]})
