@@ -369,3 +369,30 @@ def test_model_names_with_and_without_the_latest_tag_are_one_model(
     other = http.post("/api/chat", json={**ollama_chat(q, stream=False),
                                          "model": "fake-model:7b"})
     assert other.status_code == 404 and "REPRISE_MODEL_MAP" in other.json()["error"]
+
+
+def test_serve_listens_on_a_second_port_for_ollama_apps(fake_upstream: Any,
+                                                        tmp_path: Path) -> None:
+    """``reprise serve`` with ``REPRISE_OLLAMA_PORT``: the same gateway on both ports, as a
+    separate process; a second one asking for a taken Ollama port refuses to start."""
+    import ollama
+    from fixtures_redis import GatewayProcess
+
+    from reprise.testing.upstream import free_port
+
+    port = free_port()
+    env = {"REPRISE_UPSTREAM_URL": fake_upstream[0], "REPRISE_UPSTREAM_MODEL": "fake-model",
+           "REPRISE_SEMANTIC_ENABLED": "false", "REPRISE_OLLAMA_PORT": str(port)}
+    gateway = GatewayProcess("ollama-port", tmp_path / "a", env).start()
+    try:
+        gateway.wait_ready()
+        answer = ollama.Client(host=f"http://127.0.0.1:{port}").chat(
+            model="fake-model", messages=[{"role": "user", "content": "on 11434?"}])
+        assert answer.message.content
+        assert httpx.get(f"{gateway.url}/api/version").status_code == 200
+        clash = GatewayProcess("clash", tmp_path / "b", env).start()
+        assert clash.proc is not None
+        assert clash.proc.wait(timeout=120) != 0
+        assert f"{port}" in clash.log_tail() and "Ollama port" in clash.log_tail()
+    finally:
+        gateway.stop()

@@ -48,7 +48,16 @@ def _check_exposure(settings: Settings) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
-def _serve_gateway(settings: Settings) -> None:
+OLLAMA_DEFAULT_PORT = 11434  # where Ollama apps look when OLLAMA_HOST is unset
+
+
+def _serve_gateway(settings: Settings, *, ollama_best_effort: bool = False) -> None:
+    """Run the gateway; with ``ollama_port`` also on that port (the same app).
+
+    ``ollama_best_effort``: the port was not asked for explicitly (``reprise up`` offers
+    11434 by default), so a port already taken — a real Ollama, say — is a note, not an
+    error.
+    """
     from reprise.api.app import create_app
     from reprise.runtime import limit_native_threads
 
@@ -58,7 +67,7 @@ def _serve_gateway(settings: Settings) -> None:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False, log_config=None,
                             timeout_graceful_shutdown=settings.graceful_shutdown_seconds)
-    if settings.ollama_port is None or settings.ollama_port == settings.port:
+    if not settings.ollama_port or settings.ollama_port == settings.port:
         uvicorn.Server(config).run()
         return
     # One app, one event loop, two listening sockets: the Ollama port is the same gateway
@@ -66,13 +75,23 @@ def _serve_gateway(settings: Settings) -> None:
     second = uvicorn.Config(config.app, host=settings.host, port=settings.ollama_port,
                             log_config=None, access_log=False)
     try:
-        sockets = [config.bind_socket(), second.bind_socket()]
+        main = config.bind_socket()
     except SystemExit as exc:  # uvicorn exits when a port is taken; say which one
-        console.print(f"[red]cannot listen on {settings.host}:{settings.port} and "
-                      f":{settings.ollama_port} (Ollama port): is one of them in use?[/red]")
+        console.print(f"[red]cannot listen on {settings.host}:{settings.port}: in use?[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"Ollama API on http://{settings.host}:{settings.ollama_port}/api "
-                  "(OLLAMA_HOST)")
+    try:
+        sockets = [main, second.bind_socket()]
+    except SystemExit as exc:
+        if not ollama_best_effort:
+            console.print(f"[red]cannot listen on {settings.host}:{settings.ollama_port} "
+                          "(the Ollama port): in use?[/red]")
+            raise typer.Exit(1) from exc
+        console.print(f"note: port {settings.ollama_port} is in use (a local Ollama?); Ollama "
+                      f"apps can reach Reprise with OLLAMA_HOST=http://127.0.0.1:{settings.port}")
+        sockets = [main]
+    else:
+        console.print(f"Ollama API on http://{settings.host}:{settings.ollama_port} "
+                      "(OLLAMA_HOST for Ollama apps)")
     uvicorn.Server(config).run(sockets=sockets)
 
 
@@ -228,8 +247,11 @@ def up(
             console.print(f"web UI on http://127.0.0.1:{settings.ui_port}")
         console.print(f"gateway on http://{settings.host}:{settings.port}/v1 "
                       f"(store: {settings.store}, data: {settings.data_dir}) — Ctrl-C stops")
+        explicit = "ollama_port" in settings.model_fields_set
+        if not explicit:
+            settings = settings.model_copy(update={"ollama_port": OLLAMA_DEFAULT_PORT})
         with contextlib.suppress(KeyboardInterrupt):
-            _serve_gateway(settings)
+            _serve_gateway(settings, ollama_best_effort=not explicit)
 
 
 # ---------------------------------------------------------------------------------- cache

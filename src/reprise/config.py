@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     port: int = 8000
     # A second port for the same gateway, for Ollama apps: they find a server through
     # OLLAMA_HOST (default http://127.0.0.1:11434), so listening on 11434 as well switches
-    # them over with no change. None = off (a real Ollama may own 11434).
+    # them over with no change. Unset: `reprise up` takes 11434 when it is free (a real
+    # Ollama may own it), `reprise serve` listens on `port` only; 0 = off.
     ollama_port: int | None = None
     max_body_bytes: int = 1 << 20
     max_messages: int = 512
