@@ -376,8 +376,8 @@ def test_serve_listens_on_a_second_port_for_ollama_apps(fake_upstream: Any,
     """``reprise serve`` with ``REPRISE_OLLAMA_PORT``: the same gateway on both ports, as a
     separate process; a second one asking for a taken Ollama port refuses to start."""
     import ollama
-    from fixtures_redis import GatewayProcess
 
+    from fixtures_redis import GatewayProcess
     from reprise.testing.upstream import free_port
 
     port = free_port()
@@ -396,3 +396,22 @@ def test_serve_listens_on_a_second_port_for_ollama_apps(fake_upstream: Any,
         assert f"{port}" in clash.log_tail() and "Ollama port" in clash.log_tail()
     finally:
         gateway.stop()
+
+
+def test_ollama_pull_and_anthropic_count_tokens(gw: tuple[str, Any, Any]) -> None:
+    import anthropic
+    import ollama
+
+    client = ollama.Client(host=gw[0])
+    assert client.pull("fake-model").status == "success"
+    assert [p.status for p in client.pull("fake-model:latest", stream=True)] == ["success"]
+    with pytest.raises(ollama.ResponseError) as err:
+        client.pull("llama-unknown")
+    assert err.value.status_code == 404
+    counter = anthropic.Anthropic(base_url=gw[0], api_key="unused").messages
+    short = counter.count_tokens(model="fake-model", messages=[
+        {"role": "user", "content": "hi"}]).input_tokens
+    long = counter.count_tokens(model="fake-model", system="Be brief.", messages=[
+        {"role": "user", "content": "Explain distributed systems in detail, please. " * 20}]
+    ).input_tokens
+    assert 0 < short < long

@@ -34,6 +34,7 @@ from reprise.api.chat_endpoint import ChatCall, ServedChat, serve_chat, stream_b
 from reprise.api.deps import components
 from reprise.api.errors import APIError, anthropic_error_body
 from reprise.api.schemas import parse_model
+from reprise.serving.format import estimate_usage
 
 router = APIRouter()
 
@@ -290,6 +291,21 @@ def _encoder(served: ServedChat) -> Any:
         yield _event("message_stop", {})
 
     return encode
+
+
+class CountTokensRequest(MessagesRequest):
+    max_tokens: int = 1  # not part of a count request
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    """The prompt's size as Reprise estimates it (tokenizer-free, the count it charges to
+    rate limits and reports for answers a model did not count): ``input_tokens``."""
+    body = await read_json(request, components(request).settings.max_body_bytes)
+    req = parse_model(CountTokensRequest, body)
+    call = parse_messages(req)
+    tokens = estimate_usage(call.body, {"choices": []})["prompt_tokens"]
+    return Response(orjson.dumps({"input_tokens": tokens}), media_type="application/json")
 
 
 @router.post("/v1/messages")

@@ -2,8 +2,10 @@
 
 Covers what Ollama apps call: ``/api/chat`` and ``/api/generate`` (NDJSON streaming by
 default, ``"stream": false`` for one JSON object), ``/api/embed`` and the legacy
-``/api/embeddings``, and the model listings ``/api/tags``, ``/api/show``, ``/api/ps``,
-``/api/version``. Chat and generate are parsed into the canonical chat request and served by
+``/api/embeddings``, the model listings ``/api/tags``, ``/api/show``, ``/api/ps``,
+``/api/version``, and ``/api/pull`` (succeeds at once for a served model). Creating,
+copying, pushing and deleting models are not served (404): the model server behind Reprise
+owns its models. Chat and generate are parsed into the canonical chat request and served by
 the shared path (``chat_endpoint``), so they hit the same cache entries as OpenAI requests
 with the same settings.
 
@@ -405,6 +407,26 @@ async def show(request: Request) -> Response:
     return _json({"modelfile": "", "parameters": "", "template": "",
                   "details": entry["details"], "model_info": {},
                   "capabilities": ["completion", "tools"], "modified_at": entry["modified_at"]})
+
+
+class OllamaPullRequest(OllamaModelRequest):
+    stream: bool = True
+
+
+@router.post("/api/pull")
+async def pull(request: Request) -> Response:
+    """Scripts pull a model before using it: a model Reprise serves is already there (the
+    model server behind it owns the weights), so this succeeds without downloading; any
+    other model is a 404, as a pull of an unknown model is in Ollama."""
+    body = await read_json(request, components(request).settings.max_body_bytes)
+    req = parse_model(OllamaPullRequest, body)
+    name = req.model or req.name
+    if not name:
+        raise APIError(400, "model is required", param="model")
+    await resolve_model(components(request), name)
+    if req.stream:
+        return Response(_line({"status": "success"}), media_type="application/x-ndjson")
+    return _json({"status": "success"})
 
 
 @router.api_route("/", methods=["GET", "HEAD"])
