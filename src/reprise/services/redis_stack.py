@@ -221,8 +221,10 @@ class RedisServer:
 
     def __init__(self, install: RedisStackInstall, port: int, data_dir: Path,
                  own_data_dir: bool = False, *, appendonly: bool = False,
-                 password: str | None = None, tls: TlsFiles | None = None) -> None:
+                 password: str | None = None, tls: TlsFiles | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.install = install
+        self.extra_args = extra_args  # e.g. cluster mode (``services.redis_cluster``)
         self.port = port
         self.data_dir = data_dir
         self.appendonly = appendonly  # AOF: the cache survives a restart (`reprise up`)
@@ -268,6 +270,7 @@ class RedisServer:
             cmd[1:3] = ["--port", "0", "--tls-port", str(self.port)]
             cmd += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
                     "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        cmd += list(self.extra_args)
         for module in self.install.modules:
             cmd += ["--loadmodule", str(module)]
         return cmd
