@@ -85,9 +85,22 @@ def _tag_for(group: int, groups: int) -> str:
         n += 1
 
 
-def group_number(namespace: str, groups: int) -> int:
-    return int.from_bytes(hashlib.blake2b(namespace.encode(), digest_size=8).digest(),
+def group_number(name: str, groups: int) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(),
                           "big") % groups
+
+
+def tagged_bases(prefix: str, groups: int) -> tuple[str, ...]:
+    """``{prefix}:{tag}`` for each group, tags spread evenly over the slots; refuses what
+    would break the tag (used by the cache store and the document index alike)."""
+    if "{" in prefix or "}" in prefix:
+        # The prefix comes before the group's tag: a brace in it would become the hash tag
+        # and put every group on one slot (or split a group's keys).
+        raise ValueError(f"REPRISE_REDIS_PREFIX {prefix!r} holds a brace, which a Redis"
+                         " Cluster would read as a hash tag: remove it")
+    if not 1 <= groups <= SLOTS:
+        raise ValueError(f"REPRISE_REDIS_CLUSTER_GROUPS must be 1…{SLOTS}, not {groups}")
+    return tuple(f"{prefix}:{{{_tag_for(i, groups)}}}" for i in range(groups))
 
 
 class Layout:
@@ -95,16 +108,8 @@ class Layout:
 
     def __init__(self, prefix: str, max_bytes: int, *, cluster: bool, groups: int) -> None:
         if cluster:
-            if "{" in prefix or "}" in prefix:
-                # The prefix comes before the group's tag: a brace in it would become the
-                # hash tag and put every group on one slot (or split a group's keys).
-                raise ValueError(f"REPRISE_REDIS_PREFIX {prefix!r} holds a brace, which a"
-                                 " Redis Cluster would read as a hash tag: remove it")
-            if not 1 <= groups <= SLOTS:
-                raise ValueError(f"REPRISE_REDIS_CLUSTER_GROUPS must be 1…{SLOTS}, not {groups}")
             share = max(1, max_bytes // groups)
-            self.groups = tuple(KeyGroup(f"{prefix}:{{{_tag_for(i, groups)}}}", share)
-                                for i in range(groups))
+            self.groups = tuple(KeyGroup(base, share) for base in tagged_bases(prefix, groups))
         else:
             self.groups = (KeyGroup(prefix, max_bytes),)
         self.cluster = cluster
