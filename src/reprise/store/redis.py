@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     AskError,
@@ -67,7 +68,6 @@ from redis.exceptions import (
     SlotNotCoveredError,
     TryAgainError,
 )
-from redis.asyncio.retry import Retry
 
 from reprise.store.base import (
     CacheEntry,

@@ -52,6 +52,34 @@ def is_cluster(url: str, timeout: float = 2.0) -> bool:
     return bool(info.get("cluster_enabled"))
 
 
+def require_search(url: str, timeout: float = 2.0) -> None:
+    """Start-up check of a cluster: every primary must answer the search commands (each
+    shard indexes its own keys). Raises ``MissingSearch`` naming the first node without
+    them; an unreachable cluster passes (the store fails open until it answers)."""
+    try:
+        cluster = sync_redis.RedisCluster.from_url(node_url(url), socket_timeout=timeout,
+                                                   socket_connect_timeout=timeout)
+    except (RedisError, OSError):
+        return
+    try:
+        for node in cluster.get_primaries():
+            try:
+                cluster.execute_command("FT._LIST", target_nodes=node)
+            except sync_redis.ResponseError as exc:
+                raise MissingSearch(
+                    f"Redis Cluster node {node.host}:{node.port} has no search module"
+                    f" (FT._LIST: {exc}): every shard needs Redis Stack 7.2+ or Redis 8,"
+                    " since each one indexes its own cache entries") from exc
+            except (RedisError, OSError):
+                continue
+    finally:
+        cluster.close()
+
+
+class MissingSearch(RuntimeError):
+    """A Redis node that Reprise would store vectors on cannot search them."""
+
+
 def node_url(url: str) -> str:
     """A cluster URL as ``RedisCluster.from_url`` takes it: plain scheme, no database."""
     parts = urlsplit(plain_url(url)[0])

@@ -108,8 +108,9 @@ class Layout:
 
     def __init__(self, prefix: str, max_bytes: int, *, cluster: bool, groups: int) -> None:
         if cluster:
+            bases = tagged_bases(prefix, groups)
             share = max(1, max_bytes // groups)
-            self.groups = tuple(KeyGroup(base, share) for base in tagged_bases(prefix, groups))
+            self.groups = tuple(KeyGroup(base, share) for base in bases)
         else:
             self.groups = (KeyGroup(prefix, max_bytes),)
         self.cluster = cluster
