@@ -57,7 +57,7 @@ def require_search(url: str, timeout: float = 2.0) -> None:
     shard indexes its own keys). Raises ``MissingSearch`` naming the first node without
     them; an unreachable cluster passes (the store fails open until it answers)."""
     try:
-        cluster = sync_redis.RedisCluster.from_url(node_url(url), socket_timeout=timeout,
+        cluster: Any = sync_redis.RedisCluster.from_url(node_url(url), socket_timeout=timeout,
                                                    socket_connect_timeout=timeout)
     except (RedisError, OSError):
         return
