@@ -105,6 +105,7 @@ class LocalCluster:
                            *(f"127.0.0.1:{n.port}" for n in self.nodes),
                            "--cluster-replicas", str(self.replicas), "--cluster-yes")
             self.wait_ok()
+            self.wait_replicas_synced()
         except BaseException:
             self.close()
             raise
@@ -127,6 +128,27 @@ class LocalCluster:
                 last = str(exc)
             time.sleep(0.1)
         raise RedisStackUnavailable(f"cluster not ok after {timeout:.0f}s {last}")
+
+    def wait_replicas_synced(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        """Until every replica has finished its first sync: a replica that never synced
+        cannot be promoted, so a primary killed before that would lose its slots."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            synced = True
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                client = self.node_client(node)
+                try:
+                    info = client.info("replication")
+                finally:
+                    client.close()
+                if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                    synced = False
+            if synced:
+                return
+            time.sleep(0.1)
+        raise RedisStackUnavailable(f"replicas not in sync after {timeout:.0f}s")
 
     def _all_ok(self) -> bool:
         running = [n for n in self.nodes if n.running]
