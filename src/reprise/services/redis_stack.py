@@ -376,7 +376,12 @@ def server_for_url(url: str, cache_dir: Path, data_dir: Path) -> RedisServer | N
       that very port with AOF persistence in ``data_dir`` (so ``reprise cache …`` commands
       and a restarted gateway find the same cache) and return it;
     * anything else is the user's server being down: say so.
+
+    A ``redis+cluster://`` URL names the user's cluster: nothing is started for it (the
+    store checks its shards for the search module when it is built).
     """
+    if urlsplit(url).scheme.endswith("+cluster"):
+        return None
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
