@@ -282,3 +282,42 @@ def _move_slot(cluster: LocalCluster, slot: int, source: Any, target: Any) -> No
         src.close()
         dst.close()
     cluster.wait_ok()
+
+
+async def test_a_shard_without_primary_fails_open_and_the_others_serve() -> None:
+    """A shard with no replica to promote: its groups' commands keep failing (connection
+    refused, then slots not served), are retried once and surface as ``StoreError``, which
+    the cache fails open on — quickly, not after a long hang — while groups on the other
+    shards work as before."""
+    cluster = start_cluster_or_skip(primaries=3, replicas=0)
+    with cluster:
+        store = RedisStore(cluster.url, DIM, 1 << 24, prefix=f"o{uuid.uuid4().hex[:6]}",
+                           groups=16)
+        try:
+            by_owner: dict[int, str] = {}
+            for i in range(200):
+                ns = f"t{i}"
+                slot = key_slot(store.layout.group(ns).index.encode())
+                by_owner.setdefault(cluster.owner_of(slot).port, ns)
+            assert len(by_owner) == 3
+            for ns in by_owner.values():
+                await store.put(entry("a", ns, vec(1, 0)))
+            dead_port, dead_ns = next(iter(by_owner.items()))
+            cluster.kill(next(n for n in cluster.nodes if n.port == dead_port))
+            for _ in range(3):
+                t = time.monotonic()
+                with pytest.raises(StoreError):
+                    await store.get_exact(dead_ns, "a")
+                with pytest.raises(StoreError):
+                    await store.search(dead_ns, "fp", vec(1, 0), 3)
+                assert time.monotonic() - t < 10.0
+            for port, ns in by_owner.items():
+                if port == dead_port:
+                    continue
+                assert (await store.get_exact(ns, "a")) is not None
+                assert [h.entry.key for h in await store.search(ns, "fp", vec(1, 0), 3)] \
+                    == ["a"]
+                await store.put(entry("b", ns, vec(0, 1)))
+                assert (await store.get_exact(ns, "b")) is not None
+        finally:
+            await store.close()
