@@ -21,7 +21,7 @@ def data_dir() -> Path:
     return DATA
 
 
-STORE_KINDS = ["memory", "sqlite", "redis"]
+STORE_KINDS = ["memory", "sqlite", "redis", "redis-cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     from tests_support.stores import open_store
 
     kind = request.param
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    redis_url = ""
+    if kind == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+    elif kind == "redis-cluster":
+        redis_url = request.getfixturevalue("redis_cluster").url
     s = open_store(kind, tmp_path, dim=8, max_bytes=1 << 20, redis_url=redis_url,
                    prefix=f"t{uuid.uuid4().hex[:8]}")
     yield s

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reprise.services.redis_cluster import LocalCluster, start_cluster
 from reprise.services.redis_stack import (
     RedisServer,
     RedisStackUnavailable,
@@ -50,6 +51,26 @@ def redis_server() -> Iterator[RedisServer]:
     server = start_or_skip()
     with server:
         yield server
+
+
+def start_cluster_or_skip(primaries: int = 3, replicas: int = 1) -> LocalCluster:
+    """A new local Redis Cluster; skip locally (fail in CI) when Redis Stack cannot run."""
+    try:
+        return start_cluster(CACHE_DIR, primaries=primaries, replicas=replicas)
+    except RedisStackUnavailable as exc:
+        message = f"Redis Stack cluster unavailable: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """3 primaries + 3 replicas for the session; tests that kill or reshard nodes start
+    their own (``start_cluster_or_skip``) so this one stays whole."""
+    cluster = start_cluster_or_skip()
+    with cluster:
+        yield cluster
 
 
 @pytest.fixture

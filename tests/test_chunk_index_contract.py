@@ -41,7 +41,7 @@ def chunks_of(doc_id: str) -> list[Chunk]:
 Opener = Callable[[], ChunkIndex]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Opens (and re-opens, to check persistence) one index of the given kind."""
     opened: list[Any] = []
@@ -53,7 +53,8 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         from reprise.rag.chunk_index_redis import RedisChunkIndex
 
-        url = request.getfixturevalue("redis_url")
+        url = (request.getfixturevalue("redis_url") if request.param == "redis"
+               else request.getfixturevalue("redis_cluster").url)
         prefix = f"t{uuid.uuid4().hex[:8]}:rag"
 
         def make() -> ChunkIndex:
@@ -61,7 +62,7 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             opened.append(idx)
             return idx
     yield make
-    if request.param == "redis":
+    if request.param != "sqlite":
         await opened[-1].drop_all()
     for idx in opened:
         await idx.aclose()
@@ -206,7 +207,7 @@ async def test_sqlite_saves_hnsw_index_and_rebuilds_when_stale(tmp_path: Path) -
 
 
 # --- the catalog beside it: same contract on SQLite and Redis -----------------------------------
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     """Opens catalogs of one kind that share their storage (two replicas, or a restart)."""
     from reprise.rag.catalog import Catalog
@@ -219,7 +220,8 @@ async def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     else:
         from reprise.rag.catalog_redis import RedisCatalog
 
-        url = request.getfixturevalue("redis_url")
+        url = (request.getfixturevalue("redis_url") if request.param == "redis"
+               else request.getfixturevalue("redis_cluster").url)
         prefix = f"t{uuid.uuid4().hex[:8]}:rag"
 
         def make() -> Any:

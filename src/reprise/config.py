@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Key prefix (and index name) in Redis: deployments sharing one server stay apart.
     redis_prefix: str = "reprise"
+    # On a Redis Cluster: how many hash-tagged key groups (each one search index, one LRU
+    # and an equal share of cache_max_bytes) the namespaces are spread over.
+    redis_cluster_groups: int = Field(default=16, ge=1, le=16384)
     cache_ttl_seconds: int = 7 * 24 * 3600
     cache_max_bytes: int = 512 * 1024 * 1024
     default_namespace: str = "default"

@@ -20,4 +20,11 @@ def open_store(kind: str, tmp: Path, *, dim: int, max_bytes: int, redis_url: str
         from reprise.store.redis import RedisStore
 
         return RedisStore(redis_url, dim, max_bytes, prefix=prefix)
+    if kind == "redis-cluster":
+        from reprise.store.redis import RedisStore
+
+        # Four key groups, each with the bound the other kinds have for the whole store
+        # (on a cluster the bound is split evenly between the groups).
+        groups = 4
+        return RedisStore(redis_url, dim, max_bytes * groups, prefix=prefix, groups=groups)
     raise ValueError(kind)

@@ -99,10 +99,12 @@ return tostring(wait)
 class RedisLimiter:
     """Buckets shared by every replica through Redis; fails open when Redis is down."""
 
-    def __init__(self, url: str, prefix: str) -> None:
-        from redis.asyncio import Redis
+    def __init__(self, url: str, prefix: str, *, cluster: bool | None = None) -> None:
+        from reprise.store.redis_conn import make_client, plain_url
 
-        self._redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # On a cluster each bucket is one key, so its script runs on the shard owning it.
+        self._redis = make_client(url, {"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
+                                  cluster=plain_url(url)[1] if cluster is None else cluster)
         self._script: Any = self._redis.register_script(_ACQUIRE)
         self._prefix = f"{prefix}:rl:"
         self.errors = 0
@@ -129,7 +131,10 @@ class RedisLimiter:
 
 def make_limiter(settings: Settings) -> Limiter:
     if settings.store == "redis":
-        return RedisLimiter(settings.redis_url, settings.redis_prefix)
+        from reprise.store.redis_conn import is_cluster
+
+        return RedisLimiter(settings.redis_url, settings.redis_prefix,
+                            cluster=is_cluster(settings.redis_url))
     return LocalLimiter()
 
 

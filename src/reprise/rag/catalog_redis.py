@@ -16,6 +16,10 @@ Layout under ``prefix`` (``nsd``/``cd`` = digests of the namespace and of
 * ``{p}:cat:j:{nsd}:{job}`` — a job's progress (JSON), expiring after ``job_ttl`` seconds.
 
 Changes to a collection's documents run in one ``MULTI`` with the version bump.
+
+On a Redis Cluster the namespace's digest becomes a hash tag (``{p}:cat:{nsd}:c``,
+``{p}:cat:{nsd}:v:{cd}`` …), so a namespace's collections and documents share one slot and
+those ``MULTI`` blocks stay on one shard.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from redis.exceptions import RedisError
 
 from reprise.rag.catalog import Catalog, Collection, DocumentRecord, Job
 from reprise.rag.chunk_index import IndexUnavailable
-from reprise.store.redis_conn import LoopClient
+from reprise.store.redis_conn import LoopClient, plain_url
 
 T = TypeVar("T")
 
@@ -49,13 +53,14 @@ class RedisCatalog:
     new_id = staticmethod(Catalog.new_id)
 
     def __init__(self, url: str, *, prefix: str = "reprise:rag", job_ttl: int = 30 * 86400,
-                 socket_timeout: float = 5.0) -> None:
+                 socket_timeout: float = 5.0, cluster: bool | None = None) -> None:
         self.url = url
         self.prefix = f"{prefix}:cat"
+        self.cluster = plain_url(url)[1] if cluster is None else cluster
         self.job_ttl = job_ttl
         self.socket_timeout = socket_timeout
         self._conn = LoopClient(url, {"socket_timeout": socket_timeout,
-                                      "socket_connect_timeout": 2.0})
+                                      "socket_connect_timeout": 2.0}, cluster=self.cluster)
 
     async def _run(self, op: Callable[[Redis], Awaitable[T]]) -> T:
         try:
@@ -64,11 +69,14 @@ class RedisCatalog:
             raise IndexUnavailable(f"document catalog on Redis is unavailable: {exc}") from exc
 
     def _colls(self, ns: str) -> str:
+        if self.cluster:
+            return f"{self.prefix}:{{{_digest(ns)}}}:c"
         return f"{self.prefix}:c:{_digest(ns)}"
 
     def _keys(self, ns: str, name: str) -> tuple[str, str, str]:
         cd = _digest(ns, name)
-        return f"{self.prefix}:v:{cd}", f"{self.prefix}:d:{cd}", f"{self.prefix}:s:{cd}"
+        p = f"{self.prefix}:{{{_digest(ns)}}}" if self.cluster else self.prefix
+        return f"{p}:v:{cd}", f"{p}:d:{cd}", f"{p}:s:{cd}"
 
     # -- collections ------------------------------------------------------------------------
     async def _get(self, client: Redis, ns: str, name: str) -> Collection | None:

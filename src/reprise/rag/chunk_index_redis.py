@@ -16,6 +16,12 @@ none. BM25 is computed in-process by ``bm25s`` from the stored terms, built once
 collection version per replica (:class:`~reprise.rag.bm25.Bm25Cache`); Redis's own BM25
 scorer is not used because its tokenizer would split Chinese differently from the
 questions. Every Redis failure surfaces as :class:`IndexUnavailable` (HTTP 503).
+
+On a Redis Cluster the keys above move under hash-tagged groups (``{p}:{tag}:c:…``,
+``{p}:{tag}:docs:{cd}``, ``{p}:{tag}:meta:{cd}``, one index ``{p}:{tag}:idx`` per group;
+``store.redis_layout``): a collection belongs to one group, so one document's ``MULTI``
+and a collection's KNN query each run on one shard. An index missing where its group now
+lives (resharding moved the group) is recreated there and backfills from the moved keys.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from reprise.rag.bm25 import Bm25Cache, Bm25Index
 from reprise.rag.chunk_index import IndexUnavailable, StoredChunk, chunk_id, chunk_terms
 from reprise.rag.documents import Chunk
 from reprise.rag.errors import RagError
-from reprise.store.redis_conn import LoopClient
+from reprise.store.redis_conn import LoopClient, plain_url
+from reprise.store.redis_layout import group_number, tagged_bases
 
 T = TypeVar("T")
 _FETCH = ("doc", "ord", "page", "text", "vec")
@@ -57,49 +64,78 @@ class RedisChunkIndex:
     def __init__(self, url: str, dim: int, *, prefix: str = "reprise:rag",
                  exact_below: int = 4000, hnsw_m: int = 16, hnsw_ef_construction: int = 200,
                  hnsw_ef_runtime: int = 128, bm25_collections: int = 32,
-                 socket_timeout: float = 10.0) -> None:
+                 socket_timeout: float = 10.0, cluster: bool | None = None,
+                 groups: int = 16) -> None:
         self.url = url
         self.dim = dim
         self.prefix = prefix
         self.exact_below = exact_below  # collections up to this many chunks: exact KNN
         self.hnsw = (hnsw_m, hnsw_ef_construction, hnsw_ef_runtime)
         self.socket_timeout = socket_timeout
-        self.index_name = f"{prefix}:idx"
+        self.cluster = plain_url(url)[1] if cluster is None else cluster
+        try:
+            self._bases = tagged_bases(prefix, groups) if self.cluster else (prefix,)
+        except ValueError as exc:
+            raise RagError(400, str(exc), "redis_prefix") from exc
         self.bm25 = Bm25Cache(bm25_collections)
         self._conn = LoopClient(url, {"protocol": 3, "socket_timeout": socket_timeout,
-                                      "socket_connect_timeout": 2.0})
-        self._index_ready = False
+                                      "socket_connect_timeout": 2.0}, cluster=self.cluster)
+        self._ready: set[str] = set()  # index names known to exist
+
+    def _base(self, cd: str) -> str:
+        """Where a collection's keys live (its group's tagged prefix on a cluster)."""
+        if len(self._bases) == 1:
+            return self._bases[0]
+        return self._bases[group_number(cd, len(self._bases))]
+
+    @property
+    def index_name(self) -> str:
+        """The single server's index (on a cluster each group has its own)."""
+        return f"{self._bases[0]}:idx"
 
     # -- plumbing -----------------------------------------------------------------------------
     def _redis(self) -> Redis:
         """A client for the running loop (asyncio connections are bound to their loop)."""
         return self._conn.get()
 
-    async def _run(self, op: Callable[[Redis], Awaitable[T]]) -> T:
+    async def _run(self, op: Callable[[Redis], Awaitable[T]], cd: str | None = None) -> T:
+        """Run ``op`` with the index of ``cd``'s group in place (created when missing)."""
+        base = self._bases[0] if cd is None else self._base(cd)
         try:
             client = self._redis()
-            if not self._index_ready:
-                await self._ensure_index(client)
+            if base not in self._ready:
+                await self._ensure_index(client, base)
             try:
                 return await op(client)
             except ResponseError as exc:
                 if "no such index" not in str(exc).lower():
                     raise
-                self._index_ready = False  # the server restarted empty: recreate, retry once
-                await self._ensure_index(client)
+                # The server restarted empty, or the group moved to another shard.
+                self._ready.discard(base)
+                await self._ensure_index(client, base)
                 return await op(client)
         except (RedisError, OSError) as exc:
             raise IndexUnavailable(f"document index on Redis is unavailable: {exc}") from exc
 
-    async def _ensure_index(self, client: Redis) -> None:
+    async def _ft(self, client: Redis, base: str, *args: Any) -> Any:
+        """A search command, sent on a cluster to the shard owning the group's slot."""
+        if not self.cluster:
+            return await client.execute_command(*args)
+        cluster: Any = client
+        await cluster.initialize()
+        node = cluster.get_node_from_key(f"{base}:idx")
+        return await client.execute_command(*args, target_nodes=node)
+
+    async def _ensure_index(self, client: Redis, base: str) -> None:
         """Create the index if missing; refuse one built for another vector dimension."""
+        index = f"{base}:idx"
         try:
-            info = await client.execute_command("FT.INFO", self.index_name)
+            info = await self._ft(client, base, "FT.INFO", index)
             for attr in _get(info, "attributes") or []:
                 dim = _get(attr, "dim")
                 if dim is not None and int(dim) != self.dim:
                     raise RagError(
-                        409, f"the document index {self.index_name!r} holds {int(dim)}-dim "
+                        409, f"the document index {index!r} holds {int(dim)}-dim "
                         f"vectors but the embedder makes {self.dim}-dim ones: re-ingest the "
                         "documents under another REPRISE_REDIS_PREFIX", "index_dimension")
         except ResponseError as exc:
@@ -107,24 +143,25 @@ class RedisChunkIndex:
                 raise
             m, ef_c, ef_r = self.hnsw
             try:
-                await client.execute_command(
-                    "FT.CREATE", self.index_name, "ON", "HASH", "PREFIX", "1", f"{self.prefix}:c:",
+                await self._ft(
+                    client, base,
+                    "FT.CREATE", index, "ON", "HASH", "PREFIX", "1", f"{base}:c:",
                     "SCHEMA", "coll", "TAG", "vec", "VECTOR", "HNSW", "12", "TYPE", "FLOAT32",
                     "DIM", str(self.dim), "DISTANCE_METRIC", "COSINE", "M", str(m),
                     "EF_CONSTRUCTION", str(ef_c), "EF_RUNTIME", str(ef_r))
             except ResponseError as exc2:
                 if "already exists" not in str(exc2).lower():
                     raise
-        self._index_ready = True
+        self._ready.add(base)
 
     def _chunk_key(self, cd: str, cid: str) -> str:
-        return f"{self.prefix}:c:{cd}:{cid}"
+        return f"{self._base(cd)}:c:{cd}:{cid}"
 
     def _docs_key(self, cd: str) -> str:
-        return f"{self.prefix}:docs:{cd}"
+        return f"{self._base(cd)}:docs:{cd}"
 
     def _meta_key(self, cd: str) -> str:
-        return f"{self.prefix}:meta:{cd}"
+        return f"{self._base(cd)}:meta:{cd}"
 
     # -- writes -------------------------------------------------------------------------------
     async def add(self, key: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
@@ -151,7 +188,7 @@ class RedisChunkIndex:
                 pipe.hincrby(self._meta_key(cd), "version", 1)
                 await pipe.execute()
 
-        await self._run(op)
+        await self._run(op, cd)
 
     async def _remove(self, key: str, doc_ids: list[str] | None) -> int:
         cd = _digest(key)
@@ -171,7 +208,7 @@ class RedisChunkIndex:
                 await pipe.execute()
             return len(keys)
 
-        return await self._run(op)
+        return await self._run(op, cd)
 
     async def delete_document(self, key: str, doc_id: str) -> int:
         return await self._remove(key, [doc_id])
@@ -189,7 +226,7 @@ class RedisChunkIndex:
             version, chunks = await client.hmget(self._meta_key(cd), ["version", "chunks"])
             return int(version or 0), int(chunks or 0)
 
-        return await self._run(op)
+        return await self._run(op, cd)
 
     async def count(self, key: str) -> int:
         return (await self._meta(key))[1]
@@ -211,14 +248,16 @@ class RedisChunkIndex:
                   else f"HYBRID_POLICY BATCHES EF_RUNTIME {max(self.hnsw[2], k)}")
         query = f"@coll:{{{cd}}}=>[KNN $k @vec $b {policy} AS dist]"
 
+        base = self._base(cd)
+
         async def op(client: Redis) -> Any:
-            return await client.execute_command(
-                "FT.SEARCH", self.index_name, query, "PARAMS", "4", "k", str(k),
+            return await self._ft(
+                client, base, "FT.SEARCH", f"{base}:idx", query, "PARAMS", "4", "k", str(k),
                 "b", q.tobytes(), "SORTBY", "dist", "RETURN", "1", "dist",
                 "LIMIT", "0", str(k), "DIALECT", "2")
 
-        reply = await self._run(op)
-        head = f"{self.prefix}:c:{cd}:"
+        reply = await self._run(op, cd)
+        head = f"{base}:c:{cd}:"
         out = []
         for row in _get(reply, "results") or []:
             rkey = _s(_get(row, "id"))
@@ -244,7 +283,7 @@ class RedisChunkIndex:
         cached = self.bm25.peek(key, version)
         if cached is not None:
             return cached
-        ids, terms = await self._run(load_rows)
+        ids, terms = await self._run(load_rows, cd)
         return await asyncio.to_thread(self.bm25.get, key, version, lambda: (ids, terms))
 
     async def bm25_search(self, key: str, terms: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -263,7 +302,7 @@ class RedisChunkIndex:
                 return list(await pipe.execute())
 
         out: dict[str, StoredChunk] = {}
-        for cid, row in zip(ids, await self._run(op), strict=True):
+        for cid, row in zip(ids, await self._run(op, cd), strict=True):
             doc, ordinal, page, text, vec = row
             if doc is None or vec is None:
                 continue  # deleted meanwhile
@@ -275,17 +314,20 @@ class RedisChunkIndex:
         """Removes the index and every key under the prefix (tests, ``reprise`` admin)."""
 
         async def op(client: Redis) -> None:
-            try:
-                await client.execute_command("FT.DROPINDEX", self.index_name, "DD")
-            except ResponseError as exc:
-                if "unknown index" not in str(exc).lower() and \
-                        "no such index" not in str(exc).lower():
-                    raise
+            for base in self._bases:
+                try:
+                    await self._ft(client, base, "FT.DROPINDEX", f"{base}:idx", "DD")
+                except ResponseError as exc:
+                    if "unknown index" not in str(exc).lower() and \
+                            "no such index" not in str(exc).lower():
+                        raise
+                self._ready.discard(base)
+            # A cluster client scans every primary.
             async for raw in client.scan_iter(match=f"{self.prefix}:*", count=1000):
                 await client.delete(raw)
-            self._index_ready = False
 
         await self._run(op)
+        self._ready.clear()
 
     async def aclose(self) -> None:
         await self._conn.aclose()

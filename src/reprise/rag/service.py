@@ -50,8 +50,11 @@ def make_chunk_index(settings: Settings, dim: int) -> ChunkIndex:
     entries are not)."""
     if settings.store == "redis":
         from reprise.rag.chunk_index_redis import RedisChunkIndex
+        from reprise.store.redis_conn import is_cluster
 
-        return RedisChunkIndex(settings.redis_url, dim, prefix=f"{settings.redis_prefix}:rag")
+        return RedisChunkIndex(settings.redis_url, dim, prefix=f"{settings.redis_prefix}:rag",
+                               cluster=is_cluster(settings.redis_url),
+                               groups=settings.redis_cluster_groups)
     from reprise.rag.chunk_index import SQLiteChunkIndex
 
     return SQLiteChunkIndex(settings.data_dir / "documents.sqlite3", dim)
@@ -90,8 +93,10 @@ class RagService:
         catalog: Catalog | RedisCatalog = Catalog(data / "catalog.sqlite3")
         if settings.store == "redis":  # replicas must agree on collections and versions
             from reprise.rag.catalog_redis import RedisCatalog
+            from reprise.store.redis_conn import is_cluster
 
-            catalog = RedisCatalog(settings.redis_url, prefix=f"{settings.redis_prefix}:rag")
+            catalog = RedisCatalog(settings.redis_url, prefix=f"{settings.redis_prefix}:rag",
+                                   cluster=is_cluster(settings.redis_url))
         return cls(settings, catalog, index, retriever, embedder)
 
     # -- collections ---------------------------------------------------------------------------

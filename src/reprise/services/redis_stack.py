@@ -221,8 +221,10 @@ class RedisServer:
 
     def __init__(self, install: RedisStackInstall, port: int, data_dir: Path,
                  own_data_dir: bool = False, *, appendonly: bool = False,
-                 password: str | None = None, tls: TlsFiles | None = None) -> None:
+                 password: str | None = None, tls: TlsFiles | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.install = install
+        self.extra_args = extra_args  # e.g. cluster mode (``services.redis_cluster``)
         self.port = port
         self.data_dir = data_dir
         self.appendonly = appendonly  # AOF: the cache survives a restart (`reprise up`)
@@ -268,6 +270,7 @@ class RedisServer:
             cmd[1:3] = ["--port", "0", "--tls-port", str(self.port)]
             cmd += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
                     "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        cmd += list(self.extra_args)
         for module in self.install.modules:
             cmd += ["--loadmodule", str(module)]
         return cmd
@@ -373,7 +376,12 @@ def server_for_url(url: str, cache_dir: Path, data_dir: Path) -> RedisServer | N
       that very port with AOF persistence in ``data_dir`` (so ``reprise cache …`` commands
       and a restarted gateway find the same cache) and return it;
     * anything else is the user's server being down: say so.
+
+    A ``redis+cluster://`` URL names the user's cluster: nothing is started for it (the
+    store checks its shards for the search module when it is built).
     """
+    if urlsplit(url).scheme.endswith("+cluster"):
+        return None
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)

@@ -28,7 +28,12 @@ the cache layer fails open; the client reconnects by itself, and a missing index
 restarted empty, or ``FLUSHALL``) is recreated and the command retried once.
 
 Connection: any ``redis://`` or ``rediss://`` (TLS) URL with user/password; Redis Stack 7.x
-or Redis 8 (search built in). The database must be 0: the search module refuses indexes in
+or Redis 8 (search built in). A Redis Cluster (``redis+cluster://``, or detected by
+``redis_conn.is_cluster``) splits all of the above into hash-tagged key groups
+(``redis_layout``): every name below then reads ``{p}:{tag}:…``, each group has its own
+index, LRU and byte bound (``max_bytes / groups``), and a command that meets a slot map in
+motion (``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``) is retried once, then fails open.
+The database must be 0: the search module refuses indexes in
 other databases, so a ``/N`` suffix is rejected at start and ``prefix`` separates
 deployments instead.
 
@@ -45,15 +50,24 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from reprise.store.base import (
     CacheEntry,
@@ -65,9 +79,14 @@ from reprise.store.base import (
     StoreError,
     StoreStats,
 )
-from reprise.store.redis_conn import LoopClient
+from reprise.store.redis_conn import LoopClient, plain_url
+from reprise.store.redis_layout import KeyGroup, Layout
 
 T = TypeVar("T")
+
+# A slot map in motion (failover, resharding): the client patches its map from the reply,
+# so one more try usually reaches the right node; a second failure fails open.
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCoveredError)
 
 # Removes one entry and its bookkeeping; shared by the scripts below, which bind the five
 # bookkeeping keys first. ``sizes`` maps entry -> "<bytes> <partition digest>" (digest only for
@@ -177,6 +196,14 @@ redis.call('HSET', KEYS[1], 'v', ARGV[1])
 return 1
 """
 
+# KEYS: served record. ARGV: expire at (ms), field, value, ... (replaces the record).
+_SERVED = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -226,8 +253,11 @@ class RedisStore:
         hnsw_ef_construction: int = 100,
         hnsw_ef_runtime: int = 64,
         exact_below: int = 4000,
+        *,
+        cluster: bool | None = None,
+        groups: int = 16,
     ) -> None:
-        db = int(parse_url(url).get("db") or 0)
+        db = int(parse_url(plain_url(url)[0]).get("db") or 0)
         if db != 0:
             # The search module refuses indexes outside db 0 ("Cannot create index on db !=
             # 0"); failing open on every write would hide that, so refuse to start instead.
@@ -240,14 +270,15 @@ class RedisStore:
         self.dim = dim
         self.max_bytes = max_bytes
         self.prefix = prefix
+        self.cluster = plain_url(url)[1] if cluster is None else cluster
+        try:
+            self.layout = Layout(prefix, max_bytes, cluster=self.cluster, groups=groups)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from exc
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.hnsw = (hnsw_m, hnsw_ef_construction, hnsw_ef_runtime)
         self.exact_below = exact_below  # partitions up to this many vectors: exact search
-        self.index = f"{prefix}:idx"
-        self._lru, self._exp = f"{prefix}:lru", f"{prefix}:exp"
-        self._size, self._bytes = f"{prefix}:size", f"{prefix}:bytes"
-        self._parts = f"{prefix}:parts"
         self._scripts: dict[str, Any] = {}
         self._conn = LoopClient(url, {
             "protocol": 3,  # map replies for FT.* commands
@@ -255,8 +286,8 @@ class RedisStore:
             "socket_connect_timeout": connect_timeout,
             # Fail fast: the cache fails open, so waiting on a dead server only adds latency.
             "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-        }, on_new=self._register_scripts)
-        self._index_ready = False
+        }, on_new=self._register_scripts, cluster=self.cluster)
+        self._ready: set[str] = set()  # indexes known to exist (per group)
         self._tokens: dict[str, str] = {}
         self._errors = 0
         self._part_sizes: dict[str, tuple[int, float]] = {}  # digest -> (size, fetched at)
@@ -270,23 +301,24 @@ class RedisStore:
         self._scripts = {
             name: client.register_script(src)
             for name, src in (("put", _PUT), ("delete", _DELETE), ("hit", _HIT),
-                              ("unlock", _UNLOCK), ("feedback", _FEEDBACK), ("vote", _VOTE))
+                              ("unlock", _UNLOCK), ("feedback", _FEEDBACK), ("vote", _VOTE),
+                              ("served", _SERVED))
         }
 
-    async def _run(self, op: Callable[[Redis], Awaitable[T]], *, indexed: bool = False) -> T:
-        """Run ``op``; map Redis failures to StoreError; recreate a vanished index once."""
+    async def _run(self, op: Callable[[Redis], Awaitable[T]], *,
+                   indexed: KeyGroup | None = None) -> T:
+        """Run ``op``; map Redis failures to StoreError; recreate a vanished index once (the
+        server restarted empty, or resharding moved the group to a shard without it); on a
+        cluster, retry once when the slot map moved under the command."""
         try:
             client = self._redis()
-            if indexed and not self._index_ready:
-                await self._ensure_index(client)
             try:
-                return await op(client)
-            except ResponseError as exc:
-                if not (indexed and _no_index(exc)):
+                return await self._attempt(client, op, indexed)
+            except _REDIRECTS:
+                if not self.cluster:
                     raise
-                self._index_ready = False
-                await self._ensure_index(client)
-                return await op(client)
+                await asyncio.sleep(0.05)
+                return await self._attempt(client, op, indexed)
         except StoreError:
             self._errors += 1
             raise
@@ -294,17 +326,48 @@ class RedisStore:
             self._errors += 1
             raise StoreError(f"redis store {self.prefix!r}: {exc}") from exc
 
-    async def _ensure_index(self, client: Redis) -> None:
-        """Create the index if missing; refuse one built for another vector dimension."""
+    async def _attempt(self, client: Redis, op: Callable[[Redis], Awaitable[T]],
+                       indexed: KeyGroup | None) -> T:
+        if indexed is not None and indexed.index not in self._ready:
+            await self._ensure_index(client, indexed)
         try:
-            info = await client.execute_command("FT.INFO", self.index)
+            return await op(client)
+        except ResponseError as exc:
+            if indexed is None or not _no_index(exc):
+                raise
+            self._ready.discard(indexed.index)
+            await self._ensure_index(client, indexed)
+            return await op(client)
+
+    async def _ft(self, client: Redis, group: KeyGroup, *args: Any) -> Any:
+        """A search command, sent to the node that owns the group's slot on a cluster (a
+        shard's index covers that shard's keys only; without a search coordinator the
+        index name routes like a key)."""
+        if not self.cluster:
+            return await client.execute_command(*args)
+        node = await self._node_of(client, group)
+        return await client.execute_command(*args, target_nodes=node)
+
+    @staticmethod
+    async def _node_of(client: Any, group: KeyGroup) -> Any:
+        """The primary that owns the group's slot (the client learns the slot map on its
+        first command; ``initialize`` returns at once when it has one)."""
+        await client.initialize()
+        return client.get_node_from_key(group.index)
+
+    async def _ensure_index(self, client: Redis, group: KeyGroup) -> None:
+        """Create the index if missing; refuse one built for another vector dimension."""
+        index = group.index
+        try:
+            info = await self._ft(client, group, "FT.INFO", index)
         except ResponseError as exc:
             if not _no_index(exc):
                 raise
             m, ef_c, ef_r = self.hnsw
             try:
-                await client.execute_command(
-                    "FT.CREATE", self.index, "ON", "HASH", "PREFIX", "1", f"{self.prefix}:e:",
+                await self._ft(
+                    client, group,
+                    "FT.CREATE", index, "ON", "HASH", "PREFIX", "1", group.entry_prefix,
                     "SCHEMA", "tp", "TAG", "tn", "TAG",
                     "vec", "VECTOR", "HNSW", "12", "TYPE", "FLOAT32", "DIM", str(self.dim),
                     "DISTANCE_METRIC", "COSINE", "M", str(m), "EF_CONSTRUCTION", str(ef_c),
@@ -313,18 +376,19 @@ class RedisStore:
             except ResponseError as exc2:
                 if "already exists" not in str(exc2).lower():
                     raise
-            info = await client.execute_command("FT.INFO", self.index)
-            await self._wait_indexed(client, info)
+            info = await self._ft(client, group, "FT.INFO", index)
+            await self._wait_indexed(client, group, info)
         dim = _index_dim(info)
         if dim is not None and dim != self.dim:
             raise DimensionMismatch(
-                f"Redis index {self.index!r} holds {dim}-dim vectors but the embedder makes"
+                f"Redis index {index!r} holds {dim}-dim vectors but the embedder makes"
                 f" {self.dim}-dim ones; clear the cache (`reprise cache clear`) or use another"
                 " prefix"
             )
-        self._index_ready = True
+        self._ready.add(index)
 
-    async def _wait_indexed(self, client: Redis, info: Any, limit_s: float = 5.0) -> None:
+    async def _wait_indexed(self, client: Redis, group: KeyGroup, info: Any,
+                            limit_s: float = 5.0) -> None:
         """A new index backfills existing hashes in the background (after a restart or a
         FLUSHALL the entries written meanwhile); wait briefly so the retry can find them."""
         deadline = time.monotonic() + limit_s
@@ -332,17 +396,7 @@ class RedisStore:
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.02)
-            info = await client.execute_command("FT.INFO", self.index)
-
-    def _entry_key(self, namespace: str, key: str) -> str:
-        return f"{self.prefix}:e:{len(namespace)}:{namespace}:{key}"
-
-    def _ns_prefix(self, namespace: str) -> str:
-        return f"{self.prefix}:e:{len(namespace)}:{namespace}:"
-
-    @property
-    def _book_keys(self) -> list[str]:
-        return [self._lru, self._exp, self._size, self._bytes, self._parts]
+            info = await self._ft(client, group, "FT.INFO", group.index)
 
     @staticmethod
     def _decode(raw: dict[Any, Any]) -> CacheEntry | None:
@@ -362,14 +416,16 @@ class RedisStore:
             feedback=EntryFeedback.decode(f.get("fb")),
         )
 
-    async def _drop(self, client: Redis, keys: list[str]) -> int:
+    async def _drop(self, client: Redis, group: KeyGroup, keys: list[str]) -> int:
+        """Delete entries of one group (the script binds that group's bookkeeping)."""
         if not keys:
             return 0
-        return int(await self._scripts["delete"](keys=self._book_keys,
+        return int(await self._scripts["delete"](keys=group.book_keys,
                                                  args=[time.time(), *keys]))
 
     # -- Store -------------------------------------------------------------------------------
     async def put(self, entry: CacheEntry) -> None:
+        group = self.layout.group(entry.namespace)
         fields: list[Any] = [
             "ns", entry.namespace, "fp", entry.fingerprint, "k", entry.key,
             "q", entry.question, "r", entry.response, "m", entry.model,
@@ -394,22 +450,23 @@ class RedisStore:
         part = "" if entry.vector is None else _digest(entry.namespace, entry.fingerprint)
         args = [entry.size_bytes, repr(entry.last_access or entry.created_at), expire_ms,
                 "" if entry.expires_at is None else repr(entry.expires_at),
-                self.max_bytes, repr(time.time()), part, *fields]
-        key = self._entry_key(entry.namespace, entry.key)
+                group.max_bytes, repr(time.time()), part, *fields]
+        key = group.entry_key(entry.namespace, entry.key)
 
         async def op(client: Redis) -> None:
-            await self._scripts["put"](keys=[key, *self._book_keys], args=args)
+            await self._scripts["put"](keys=[key, *group.book_keys], args=args)
 
-        # indexed=True: creating the index on first write checks the dimension up front.
-        await self._run(op, indexed=entry.vector is not None)
+        # Creating the index on first write checks the dimension up front.
+        await self._run(op, indexed=group if entry.vector is not None else None)
 
     async def get_exact(self, namespace: str, key: str) -> CacheEntry | None:
-        rkey = self._entry_key(namespace, key)
+        group = self.layout.group(namespace)
+        rkey = group.entry_key(namespace, key)
 
         async def op(client: Redis) -> CacheEntry | None:
             entry = self._decode(await client.hgetall(rkey))
             if entry is not None and entry.expired():
-                await self._drop(client, [rkey])
+                await self._drop(client, group, [rkey])
                 return None
             return entry
 
@@ -425,12 +482,13 @@ class RedisStore:
             raise DimensionMismatch(f"query has {query_vec.shape[0]} dims, store has {self.dim}")
         part = _digest(namespace, fingerprint)
         blob = query_vec.tobytes()
+        group = self.layout.group(namespace)
 
         async def op(client: Redis) -> Any:
             # Filtered KNN: RediSearch's own heuristic brute-forces the filter's matches even
             # when the partition is the whole index (linear time). Small partitions are best
             # brute-forced (exact); large ones walk the HNSW graph in batches, filtered.
-            size = await self._partition_size(client, part)
+            size = await self._partition_size(client, group, part)
             if size == 0:
                 return {}
             if size <= self.exact_below:
@@ -438,13 +496,14 @@ class RedisStore:
             else:
                 attrs = f"HYBRID_POLICY BATCHES EF_RUNTIME {self.hnsw[2]}"
             query = f"@tp:{{{part}}}=>[KNN $k @vec $b {attrs} AS dist]"
-            return await client.execute_command(
-                "FT.SEARCH", self.index, query, "PARAMS", "4", "k", str(k), "b", blob,
+            return await self._ft(
+                client, group, "FT.SEARCH", group.index, query,
+                "PARAMS", "4", "k", str(k), "b", blob,
                 "SORTBY", "dist", "RETURN", str(len(_SEARCH_FIELDS) + 1), "dist",
                 *_SEARCH_FIELDS, "LIMIT", "0", str(k), "DIALECT", "2",
             )
 
-        reply = await self._run(op, indexed=True)
+        reply = await self._run(op, indexed=group)
         now = time.time()
         hits: list[SearchHit] = []
         for row in _info_get(reply, "results") or []:
@@ -458,7 +517,7 @@ class RedisStore:
         hits.sort(key=lambda h: -h.similarity)
         return hits
 
-    async def _partition_size(self, client: Redis, part: str) -> int:
+    async def _partition_size(self, client: Redis, group: KeyGroup, part: str) -> int:
         """Vectors in a partition, from a short local cache when it was non-empty (saves a
         round trip per lookup; an empty or unknown partition is always asked afresh, so an
         entry another replica just stored is found at once)."""
@@ -466,7 +525,7 @@ class RedisStore:
         now = time.monotonic()
         if cached is not None and now - cached[1] < _PART_SIZE_TTL:
             return cached[0]
-        size = int(await client.hget(self._parts, part) or 0)
+        size = int(await client.hget(group.parts, part) or 0)
         if size > 0:
             if len(self._part_sizes) > 10_000:
                 self._part_sizes.clear()
@@ -476,80 +535,114 @@ class RedisStore:
         return size
 
     async def record_hit(self, namespace: str, key: str) -> None:
-        rkey = self._entry_key(namespace, key)
+        group = self.layout.group(namespace)
+        rkey = group.entry_key(namespace, key)
 
         async def op(client: Redis) -> None:
-            await self._scripts["hit"](keys=[rkey, self._lru], args=[repr(time.time())])
+            await self._scripts["hit"](keys=[rkey, group.lru], args=[repr(time.time())])
 
         await self._run(op)
 
     async def delete(self, namespace: str, key: str) -> bool:
-        rkey = self._entry_key(namespace, key)
+        group = self.layout.group(namespace)
+        rkey = group.entry_key(namespace, key)
 
         async def op(client: Redis) -> int:
-            return await self._drop(client, [rkey])
+            return await self._drop(client, group, [rkey])
 
         return bool(await self._run(op))
+
+    def _groups(self, namespace: str | None) -> tuple[KeyGroup, ...]:
+        return self.layout.groups if namespace is None else (self.layout.group(namespace),)
+
+    async def _scan(self, client: Redis, group: KeyGroup, pattern: str) -> list[str]:
+        """Every key matching ``pattern`` where the group lives (one node on a cluster)."""
+        kwargs: dict[str, Any] = {}
+        if self.cluster:
+            kwargs["target_nodes"] = await self._node_of(client, group)
+        return [_s(raw) async for raw in client.scan_iter(match=pattern, count=1000, **kwargs)]
 
     async def clear(self, namespace: str | None = None) -> int:
         """Scan the entry keys (not the index, so this also works when the index is missing
         or was built for another dimension). Clearing everything drops the index *first*:
         deleting a hash that is still indexed also unlinks it from the HNSW graph (~ms each
         at 100k entries), and a fresh index is how a dimension mismatch is resolved."""
-        pattern = _glob_escape(self._ns_prefix(namespace) if namespace is not None
-                               else f"{self.prefix}:e:") + "*"
 
-        async def op(client: Redis) -> int:
+        async def clear_group(client: Redis, group: KeyGroup) -> int:
             if namespace is None:
-                self._index_ready = False
+                self._ready.discard(group.index)
                 try:
-                    await client.execute_command("FT.DROPINDEX", self.index)
+                    await self._ft(client, group, "FT.DROPINDEX", group.index)
                 except ResponseError as exc:
                     if not _no_index(exc):
                         raise
+            pattern = _glob_escape(group.ns_prefix(namespace) if namespace is not None
+                                   else group.entry_prefix) + "*"
             removed = 0
-            batch: list[str] = []
-            async for raw in client.scan_iter(match=pattern, count=1000):
-                batch.append(_s(raw))
-                if len(batch) >= 500:
-                    removed += await self._drop(client, batch)
-                    batch = []
-            removed += await self._drop(client, batch)
+            keys = await self._scan(client, group, pattern)
+            for i in range(0, len(keys), 500):
+                removed += await self._drop(client, group, keys[i:i + 500])
             if namespace is None:
-                await client.delete(*self._book_keys)
-            served = _glob_escape(f"{self.prefix}:sv:" if namespace is None else
-                                  self._served_key(namespace, "")) + "*"
-            batch = []
-            async for raw in client.scan_iter(match=served, count=1000):
-                batch.append(_s(raw))
-                if len(batch) >= 500:
-                    await client.delete(*batch)
-                    batch = []
-            if batch:
-                await client.delete(*batch)
+                await client.delete(*group.book_keys)
+            served = _glob_escape(group.served_prefix() if namespace is None else
+                                  group.served_key(namespace, "")) + "*"
+            keys = await self._scan(client, group, served)
+            for i in range(0, len(keys), 500):
+                await client.delete(*keys[i:i + 500])
             return removed
 
-        return await self._run(op)
+        total = 0
+        for group in self._groups(namespace):
+            async def op(client: Redis, g: KeyGroup = group) -> int:
+                return await clear_group(client, g)
+
+            total += await self._run(op)
+        return total
 
     async def list_entries(
         self, namespace: str | None = None, limit: int = 100, offset: int = 0, query: str = ""
     ) -> list[CacheEntry]:
-        ns_prefix = None if namespace is None else self._ns_prefix(namespace)
+        """Most recently used first: each group's LRU set is read a page at a time and the
+        groups are merged by last access (one group on a single server)."""
+        groups = self._groups(namespace)
+        ns_prefix = None if namespace is None else groups[0].ns_prefix(namespace)
         needle = query.lower()
+        page = 256
 
         async def op(client: Redis) -> list[CacheEntry]:
+            heads: list[deque[tuple[float, str]]] = [deque() for _ in groups]
+            starts = [0] * len(groups)
+            done = [False] * len(groups)
+
+            async def refill(i: int) -> None:
+                while not heads[i] and not done[i]:
+                    rows = await client.zrevrange(groups[i].lru, starts[i],
+                                                  starts[i] + page - 1, withscores=True)
+                    starts[i] += page
+                    done[i] = len(rows) < page
+                    for member, score in rows:
+                        key = _s(member)
+                        if ns_prefix is None or key.startswith(ns_prefix):
+                            heads[i].append((float(score), key))
+
             out: list[CacheEntry] = []
-            skipped, start, now, page = 0, 0, time.time(), 256
+            skipped, now = 0, time.time()
             while len(out) < limit:
-                members = await client.zrevrange(self._lru, start, start + page - 1)
-                if not members:
+                for i in range(len(groups)):
+                    await refill(i)
+                batch: list[str] = []
+                while len(batch) < 64:
+                    live = [i for i in range(len(groups)) if heads[i]]
+                    if not live:
+                        break
+                    i = max(live, key=lambda j: heads[j][0][0])
+                    batch.append(heads[i].popleft()[1])
+                    if not heads[i] and not done[i]:
+                        break  # refill that group before merging further
+                if not batch:
                     break
-                start += page
-                keys = [_s(m) for m in members]
-                if ns_prefix is not None:
-                    keys = [k for k in keys if k.startswith(ns_prefix)]
                 pipe = client.pipeline(transaction=False)
-                for k in keys:
+                for k in batch:
                     pipe.hgetall(k)
                 for raw in await pipe.execute():
                     entry = self._decode(raw)
@@ -568,34 +661,38 @@ class RedisStore:
         return await self._run(op)
 
     async def stats(self, namespace: str | None = None) -> StoreStats:
-        async def op(client: Redis) -> Any:
-            return await client.execute_command(
-                "FT.AGGREGATE", self.index, "*", "LOAD", "4", "@ns", "@h", "@s", "@hv",
-                "TIMEOUT", "30000", "GROUPBY", "1", "@ns",
-                "REDUCE", "COUNT", "0", "AS", "n", "REDUCE", "SUM", "1", "@h", "AS", "hits",
-                "REDUCE", "SUM", "1", "@s", "AS", "bytes", "REDUCE", "SUM", "1", "@hv", "AS",
-                "vecs", "DIALECT", "2",
-            )
-
-        reply = await self._run(op, indexed=True)
+        """Counted by the search index of every group (FT.AGGREGATE grouped by namespace)."""
         namespaces: dict[str, int] = {}
         entries = size = hits = vectors = 0
-        for row in _info_get(reply, "results") or []:
-            f = {_s(k): _s(v) for k, v in (_info_get(row, "extra_attributes") or {}).items()}
-            ns, n = f.get("ns", ""), int(float(f.get("n", "0")))
-            namespaces[ns] = n
-            if namespace is None or ns == namespace:
-                entries += n
-                hits += int(float(f.get("hits", "0")))
-                size += int(float(f.get("bytes", "0")))
-                vectors += int(float(f.get("vecs", "0")))
+        for group in self.layout.groups:
+            async def op(client: Redis, g: KeyGroup = group) -> Any:
+                return await self._ft(
+                    client, g,
+                    "FT.AGGREGATE", g.index, "*", "LOAD", "4", "@ns", "@h", "@s", "@hv",
+                    "TIMEOUT", "30000", "GROUPBY", "1", "@ns",
+                    "REDUCE", "COUNT", "0", "AS", "n", "REDUCE", "SUM", "1", "@h", "AS", "hits",
+                    "REDUCE", "SUM", "1", "@s", "AS", "bytes", "REDUCE", "SUM", "1", "@hv",
+                    "AS", "vecs", "DIALECT", "2",
+                )
+
+            reply = await self._run(op, indexed=group)
+            for row in _info_get(reply, "results") or []:
+                f = {_s(k): _s(v) for k, v in (_info_get(row, "extra_attributes") or {}).items()}
+                ns, n = f.get("ns", ""), int(float(f.get("n", "0")))
+                namespaces[ns] = namespaces.get(ns, 0) + n
+                if namespace is None or ns == namespace:
+                    entries += n
+                    hits += int(float(f.get("hits", "0")))
+                    size += int(float(f.get("bytes", "0")))
+                    vectors += int(float(f.get("vecs", "0")))
         return StoreStats(entries, size, hits, namespaces, self.backend, vectors, self._errors)
 
     async def update_feedback(
         self, namespace: str, key: str, change: FeedbackChange, *,
         created_at: float | None = None,
     ) -> EntryFeedback | None:
-        rkey = self._entry_key(namespace, key)
+        group = self.layout.group(namespace)
+        rkey = group.entry_key(namespace, key)
 
         async def op(client: Redis) -> EntryFeedback | None:
             for _ in range(_CAS_ATTEMPTS):
@@ -608,7 +705,7 @@ class RedisStore:
                     return None
                 new = change(EntryFeedback.decode(raw))
                 status = int(await self._scripts["feedback"](
-                    keys=[rkey, *self._book_keys],
+                    keys=[rkey, *group.book_keys],
                     args=[time.time(), _s(raw or b""), new.encode() or "",
                           "1" if new.evicted else "0", _s(created)]))
                 if status == -1:
@@ -621,7 +718,7 @@ class RedisStore:
         return await self._run(op)
 
     def _served_key(self, namespace: str, response_id: str) -> str:
-        return f"{self.prefix}:sv:{len(namespace)}:{namespace}:{response_id}"
+        return self.layout.group(namespace).served_key(namespace, response_id)
 
     async def remember_served(self, record: ServedRecord) -> None:
         skey = self._served_key(record.namespace, record.response_id)
@@ -631,12 +728,12 @@ class RedisStore:
             "at": repr(record.served_at), "x": repr(record.expires_at), "v": record.vote or "",
         }
 
+        args: list[Any] = [max(1, int(record.expires_at * 1000))]
+        for field, value in mapping.items():
+            args += [field, value]
+
         async def op(client: Redis) -> None:
-            pipe = client.pipeline(transaction=True)
-            pipe.delete(skey)
-            pipe.hset(skey, mapping=mapping)
-            pipe.pexpireat(skey, max(1, int(record.expires_at * 1000)))
-            await pipe.execute()
+            await self._scripts["served"](keys=[skey], args=args)
 
         await self._run(op)
 
