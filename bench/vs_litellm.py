@@ -36,6 +36,7 @@ import asyncio
 import os
 import platform
 import re
+import secrets
 import sys
 import tempfile
 import time
@@ -154,7 +155,6 @@ litellm_settings:
     type: redis-semantic
     host: 127.0.0.1
     port: "{redis_port}"
-    password: ""
     similarity_threshold: {threshold}
     redis_semantic_cache_embedding_model: reprise-use
 """)
@@ -242,6 +242,7 @@ def main() -> None:
         results.append(("Reprise (1 gateway process)", tally))
         print(row(*results[-1]), flush=True)
 
+        master_key = "sk-" + secrets.token_hex(24)  # the proxy refuses to start without one
         for i, threshold in enumerate(thresholds):
             port = free_port()
             cfg = litellm_config(tmp / f"litellm-{i}.yaml", upstream, embeddings, redis.port,
@@ -250,10 +251,13 @@ def main() -> None:
                 start(ll, "litellm", [str(LITELLM), "--config", str(cfg), "--host",
                                       "127.0.0.1", "--port", str(port), "--num_workers", "1"],
                       f"http://127.0.0.1:{port}/health/liveliness",
-                      {"LITELLM_LOG": "ERROR",
+                      {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                       "REDIS_PASSWORD": "",  # none: LiteLLM reads it from here
+                       "LITELLM_MASTER_KEY": master_key,
                        "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True"},
                       tmp / f"litellm-{i}.log")
-                tally = asyncio.run(run_one(port, jobs, seeds, args, {}))
+                tally = asyncio.run(run_one(port, jobs, seeds, args,
+                                            {"Authorization": f"Bearer {master_key}"}))
                 results.append((f"LiteLLM proxy, redis-semantic, threshold {threshold}",
                                 tally))
                 print(row(*results[-1]), flush=True)
