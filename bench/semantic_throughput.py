@@ -127,17 +127,26 @@ def items_per_pass(before: dict[tuple[str, str], float], after: dict[tuple[str, 
     return f"{items / passes:.1f}" if passes else "-"
 
 
-async def measure(port: int, args: argparse.Namespace) -> tuple[Outcome, Outcome, str]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(port: int, pid: int, args: argparse.Namespace
+                  ) -> tuple[Outcome, Outcome, str, float]:
     await run(port, SEEDED, 8, store=True)
     rng = random.Random(args.seed)
     await run(port, questions(rng, 200, args.paraphrase), args.concurrency, store=False)
     before = await batch_totals(port)
+    cpu0 = cpu_seconds(pid)
     loaded = await run(port, questions(rng, args.requests, args.paraphrase), args.concurrency,
                        store=False)
+    cpu = cpu_seconds(pid) - cpu0
     after = await batch_totals(port)
     serial = await run(port, questions(rng, args.serial, args.paraphrase), 1, store=False)
     sizes = " / ".join(items_per_pass(before, after, m) for m in ("use-query", "cross-encoder"))
-    return loaded, serial, sizes
+    return loaded, serial, sizes, cpu
 
 
 def parse_config(text: str) -> tuple[str, dict[str, str]]:
@@ -173,10 +182,13 @@ def main() -> None:
                        "REPRISE_LOG_LEVEL": "warning", "REPRISE_STORE": "sqlite",
                        "REPRISE_EMBEDDER": "use", "REPRISE_SEMANTIC_ENABLED": "true", **extra}
                 with ExitStack() as gw_stack:
-                    (_, port), = start_gateways(gw_stack, 1, env, tmp / f"{label}-{rnd}")
-                    loaded, serial, sizes = asyncio.run(measure(port, args))
+                    (proc, port), = start_gateways(gw_stack, 1, env, tmp / f"{label}-{rnd}")
+                    assert proc.proc is not None
+                    loaded, serial, sizes, cpu = asyncio.run(measure(port, proc.proc.pid,
+                                                                     args))
                 tiers = ", ".join(f"{k} {v}" for k, v in sorted(loaded.tiers.items()))
                 row = (f"| {label} | {rnd + 1} | {len(loaded.ms) / loaded.seconds:.0f} | "
+                       f"{1000 * cpu / len(loaded.ms):.1f} | "
                        f"{percentile(loaded.ms, 50):.0f} | {percentile(loaded.ms, 99):.0f} | "
                        f"{phase_p50(loaded, 'embed')} / {phase_p50(loaded, 'semantic')} | "
                        f"{percentile(serial.by_tier.get('semantic', []), 50):.2f} / "
@@ -199,14 +211,17 @@ def main() -> None:
         "`python bench/semantic_throughput.py " + " ".join(
             f"--config '{c}'" for c in args.config) + f" --rounds {args.rounds}`",
         "",
-        f"| config | round | req/s @{args.concurrency} | p50 ms | p99 ms | embed / semantic "
+        f"| config | round | req/s @{args.concurrency} | gateway CPU ms per request "
+        f"@{args.concurrency} | p50 ms | p99 ms | embed / semantic "
         f"phase p50 ms @{args.concurrency} | p50 ms @1 hit / miss | embed / semantic p50 ms "
         f"@1 | items per pass @{args.concurrency} (USE / cross-encoder) | errors | outcomes "
         f"@{args.concurrency} |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | ---: | --- |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | ---: | --- |",
         *rows, "",
         "A miss (`bypass`: a lookup that served nothing, under `no-store`) includes the test "
-        "upstream's answer time.", "",
+        "upstream's answer time. Gateway CPU per request: user + system CPU time of the "
+        "gateway process (all threads) over the loaded phase, divided by its requests: the "
+        "cost of a lookup, less dependent than req/s on what else the shared cores ran.", "",
     ]
     text = "\n".join(lines)
     print(text)
