@@ -15,7 +15,7 @@ LLAMA_FLAGS   := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_KEY     := $(shell (echo '$(LLAMA_FLAGS)'; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) | sha1sum | cut -c1-8)
 LLAMA_WHEELS  := .cache/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
 
-.PHONY: run test install engine lint typecheck bench clean
+.PHONY: run test install engine lint typecheck bench litellm clean
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -54,6 +54,17 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway_latency.py
+
+# LiteLLM's proxy for the side-by-side load run (bench/vs_litellm.py), in a venv of its own:
+# its pins of fastapi, openai and uvicorn differ from Reprise's. Not needed by `make test`.
+LITELLM_VENV := .cache/litellm-venv
+litellm: $(LITELLM_VENV)/.installed-$(shell cat bench/requirements-litellm.txt | sha1sum | cut -c1-12)
+
+$(LITELLM_VENV)/.installed-%: bench/requirements-litellm.txt
+	@test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q -r bench/requirements-litellm.txt
+	@rm -f $(LITELLM_VENV)/.installed-*
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,6 +15,7 @@ import pytest
 from reprise.components import build_embedder
 from reprise.config import Settings
 from reprise.embed import e5_engine
+from reprise.embed.batching import BatchingEmbedder
 from reprise.embed.e5 import E5Embedder
 
 TEXTS = [
@@ -155,6 +156,8 @@ def test_missing_compiler_is_a_clear_error(tmp_path: Path) -> None:
 def test_settings_choose_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REPRISE_E5_ENGINE", "stock")
     model = build_embedder(Settings(), "e5")
-    assert isinstance(model, E5Embedder) and model.engine == "stock"
+    assert isinstance(model, BatchingEmbedder)  # the request path's micro-batcher
+    assert isinstance(model.inner, E5Embedder) and model.inner.engine == "stock"
+    assert model.engine == "stock"  # attributes of the wrapped model show through
     with pytest.raises(ValueError, match="unknown e5 engine"):
         E5Embedder(engine="turbo")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -132,6 +133,20 @@ def test_remote_ollama_sync(server: str) -> None:
     assert np.allclose(out, expected(["x", "y"]), atol=1e-6)
     assert Handler.requests[-1][0] == "/api/embed"
     assert emb.embed_sync([]).shape == (0, DIM)
+
+
+async def test_remote_pools_one_client_per_event_loop(server: str) -> None:
+    """A client per call cost a TCP connection and an SSL context per question; one pooled
+    client per loop instead, and a caller on another loop (a thread) still gets answers."""
+    emb = RemoteEmbedder(f"{server}/v1", flavor="openai")
+    first = await emb.embed(["a"])
+    await emb.embed(["b"])
+    assert len(emb._clients) == 1
+    other: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: other.append(asyncio.run(emb.embed(["a"]))))
+    thread.start()
+    thread.join(30)
+    assert np.allclose(other[0], first, atol=1e-6)
 
 
 async def test_remote_errors_are_embedder_errors(server: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from reprise.cache.service import CacheService
 from reprise.config import Settings
 from reprise.embed.base import Embedder
+from reprise.embed.batching import BatchingEmbedder, BatchPolicy, MicroBatcher
 from reprise.observability.metrics import Metrics
 from reprise.observability.upstream import TimedUpstream
 from reprise.serving.chat import ChatService
@@ -69,17 +70,33 @@ class EmbedderPool:
             return self._by_kind[kind]
 
 
+def batch_policy(settings: Settings) -> BatchPolicy | None:
+    """How the request path's model calls are batched across requests; None: not at all."""
+    if not settings.batching:
+        return None
+    return BatchPolicy(max_batch=settings.batch_max, window_s=settings.batch_window_ms / 1000,
+                       workers=settings.batch_workers)
+
+
 def build_embedder(settings: Settings, kind: str | None = None) -> Embedder:
+    """The configured embedder; a local model (USE, e5) behind a micro-batcher, so that
+    concurrent requests' question embeddings share forward passes. A remote embedder is
+    not wrapped: its server does its own batching."""
     from reprise.embed.factory import make_embedder
 
-    return make_embedder(
-        kind or settings.embedder,
+    chosen = kind or settings.embedder
+    embedder = make_embedder(
+        chosen,
         url=settings.embeddings_url,
         model=settings.embeddings_model,
         api_key=settings.embeddings_api_key,
         threads=settings.compute_threads,
         e5_engine=settings.e5_engine,
     )
+    policy = batch_policy(settings)
+    if policy is None or chosen == "remote":
+        return embedder
+    return BatchingEmbedder(embedder, policy)
 
 
 def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
@@ -88,7 +105,7 @@ def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
 
     # The cross-encoder maps its model on the first grey-zone candidate, off the event loop.
     verifier = Verifier.load(engine=settings.e5_engine, threads=settings.compute_threads,
-                             enabled=settings.semantic_verifier)
+                             enabled=settings.semantic_verifier, batch=batch_policy(settings))
     return SemanticLookup(
         store,
         embedder,
@@ -97,6 +114,16 @@ def build_semantic(settings: Settings, store: Store, embedder: Embedder) -> Any:
         top_k=settings.semantic_top_k,
         max_chars=settings.semantic_max_chars,
     )
+
+
+def model_batchers(embedder: Embedder | None, semantic: Any) -> list[MicroBatcher[Any]]:
+    """The request path's batchers, for the metrics of their pass sizes."""
+    out: list[MicroBatcher[Any]] = []
+    if isinstance(embedder, BatchingEmbedder):
+        out += embedder.batchers.values()
+    if semantic is not None and semantic.verifier.batcher is not None:
+        out.append(semantic.verifier.batcher)
+    return out
 
 
 def build_upstream(settings: Settings) -> Upstream:
@@ -148,5 +175,8 @@ def build_components(
     cache.health.listeners.append(lambda op: metrics.store_errors.labels(op).inc())
     cache.embedder_health.listeners.append(lambda op: metrics.embedder_errors.labels(op).inc())
     cache.refusal_listeners.append(lambda tier: metrics.feedback_refusals.labels(tier).inc())
+    for batcher in model_batchers(embedder, semantic):
+        hist = metrics.batch_items.labels(batcher.name)
+        batcher.listeners.append(hist.observe)
     return Components(settings, store, embedder, cache, upstream, chat, metrics,
                       known_models=set(settings.public_models), embedders=pool)

@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     embeddings_api_key: str = ""
     embeddings_dim: int = 1024  # only for `remote`; the local embedders know their own
     single_flight_lock_seconds: float = 30.0
+    # Micro-batching of the request path's model work (reprise.embed.batching): concurrent
+    # question embeddings (USE/e5, cache and document retrieval) and cross-encoder pairs
+    # share forward passes. A call arriving at an idle model runs at once; `batch_window_ms`
+    # holds a follow-up pass open that long for more items (bench/semantic_throughput.py).
+    batching: bool = True
+    batch_max: int = Field(default=32, ge=1, le=1024)
+    batch_window_ms: float = Field(default=0.0, ge=0.0, le=100.0)
+    batch_workers: int = Field(default=1, ge=1, le=16)  # passes at once, per model
 
     # --- feedback: users' votes on served answers (POST /v1/feedback, cache.feedback) ---------
     # How long an answer can be voted on by its response id: every answer served from or into

@@ -163,7 +163,12 @@ class CrossEncoder:
     def probabilities(self, question: str, candidates: Sequence[str]) -> np.ndarray:
         """P(same answer) of each stored candidate for the incoming question, read as
         (stored, incoming) — the model saw both orders in training."""
-        z = self.logits([(c, question) for c in candidates]).astype(np.float64)
+        return self.pair_probabilities([(c, question) for c in candidates])
+
+    def pair_probabilities(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """P(same answer) of (stored, incoming) pairs, which may come from several lookups
+        (the verifier batches pairs across concurrent requests)."""
+        z = self.logits(pairs).astype(np.float64)
         return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0))), dtype=np.float64)
 
 

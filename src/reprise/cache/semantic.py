@@ -187,6 +187,22 @@ class SemanticLookup:
         return [Assessment(h, None, float(p), group=group)
                 for h, p in zip(open_, probs, strict=True)]
 
+    async def _ascore(self, question: str, group: str, open_: Sequence[SearchHit]
+                      ) -> list[Assessment]:
+        """``_score`` on the request path: the pairs go to the verifier's batcher (shared
+        with concurrent lookups) or a worker thread, never the event loop."""
+        if not open_:
+            return []
+        if not self.verifier.available:
+            return [Assessment(h, None, 0.0, group=group) for h in open_]
+        try:
+            probs = await self.verifier.ascores(question, [h.entry.question for h in open_])
+        except Exception as exc:  # fail safe: an unscored candidate is never served
+            log.warning("cross-encoder failed, judging without it: %s", exc)
+            return [Assessment(h, None, 0.0, group=group) for h in open_]
+        return [Assessment(h, None, float(p), group=group)
+                for h, p in zip(open_, probs, strict=True)]
+
     def assess(self, question: str, hits: Sequence[SearchHit], floor: float
                ) -> list[Assessment]:
         """Every stage on every hit with similarity ≥ ``floor`` (benchmarks sweep the
@@ -207,10 +223,10 @@ class SemanticLookup:
             open_ = [h for h in open_ if h.similarity > max(sure)]
         if not open_:
             return decided
-        first = await asyncio.to_thread(self._score, question, group, open_[:1])
+        first = await self._ascore(question, group, open_[:1])
         if first[0].score >= self.cutoff(floor, group) or len(open_) == 1:
             return decided + first
-        rest = await asyncio.to_thread(self._score, question, group, open_[1:])
+        rest = await self._ascore(question, group, open_[1:])
         return decided + first + rest
 
     def choose(self, assessed: Sequence[Assessment], threshold: float | None = None

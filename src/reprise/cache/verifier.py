@@ -19,6 +19,7 @@ tightens both. The guards apply at every threshold.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -31,6 +32,7 @@ import numpy as np
 
 from reprise.cache import guards as g
 from reprise.cache.cross_encoder import CONFIG_PATH, CrossEncoder
+from reprise.embed.batching import BatchPolicy, MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +128,26 @@ class Verifier:
     """
 
     def __init__(self, model: Callable[[], CrossEncoder] | None,
-                 point: OperatingPoint | None = None) -> None:
+                 point: OperatingPoint | None = None,
+                 batch: BatchPolicy | None = None) -> None:
         self._factory = model
         self._model: CrossEncoder | None = None
         self._lock = threading.Lock()
         self.point = point or OperatingPoint.load()
+        # Pairs of concurrent lookups scored in one engine call (reprise.embed.batching);
+        # None: each lookup's pairs run alone in a worker thread.
+        self.batcher: MicroBatcher[tuple[str, str]] | None = (
+            None if batch is None else
+            MicroBatcher(lambda pairs: self.model().pair_probabilities(pairs), batch,
+                         name="cross-encoder"))
 
     @classmethod
     def load(cls, engine: str = "auto", threads: int | None = None,
-             enabled: bool = True) -> Verifier:
+             enabled: bool = True, batch: BatchPolicy | None = None) -> Verifier:
         """The shipped model and operating point."""
         if not enabled:
             return cls(None)
-        return cls(lambda: CrossEncoder(engine=engine, threads=threads))
+        return cls(lambda: CrossEncoder(engine=engine, threads=threads), batch=batch)
 
     @property
     def available(self) -> bool:
@@ -165,6 +174,15 @@ class Verifier:
         if not candidates:
             return np.zeros(0, dtype=np.float64)
         return self.model().probabilities(question, candidates)
+
+    async def ascores(self, question: str, candidates: Sequence[str]) -> np.ndarray:
+        """``scores`` for the event loop: batched with other lookups' pairs when a batcher
+        is configured, else in a worker thread."""
+        if not candidates:
+            return np.zeros(0, dtype=np.float64)
+        if self.batcher is None:
+            return await asyncio.to_thread(self.scores, question, candidates)
+        return await self.batcher.run([(c, question) for c in candidates])
 
     def cutoff_for(self, threshold: float | None, group: str = "en") -> float:
         """The cutoff that goes with a cosine floor for a question of ``group``: a caller

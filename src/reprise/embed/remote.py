@@ -14,6 +14,8 @@ when told to (``input_type=True``). Other servers get the plain OpenAI body; for
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any, Literal
 
 import httpx
@@ -66,6 +68,22 @@ class RemoteEmbedder:
         self.sends_input_type = input_type
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._transport = transport
+        # One pooled client per event loop: a client per call paid a new TCP connection and
+        # an SSL context (tens of ms of CPU) on every question, which capped a gateway using
+        # the embeddings role at ~8 req/s under load (bench/vs_litellm.py).
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                 httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(timeout=self._timeout, headers=self._headers,
+                                       transport=self._transport,
+                                       limits=httpx.Limits(max_connections=64,
+                                                           max_keepalive_connections=64))
+            self._clients[loop] = client
+        return client
 
     # -- wire format ---------------------------------------------------------------------------
     @property
@@ -138,14 +156,12 @@ class RemoteEmbedder:
             assert self._dim is not None
             return np.zeros((0, self._dim), dtype=np.float32)
         rows: list[list[float]] = []
+        client = self._client()
         try:
-            async with httpx.AsyncClient(
-                timeout=self._timeout, headers=self._headers, transport=self._transport
-            ) as client:
-                for batch in self._batches(texts, kind):
-                    resp = await client.post(self._endpoint, json=self._body(batch, kind))
-                    resp.raise_for_status()
-                    rows.extend(self._parse(resp.json(), len(batch)))
+            for batch in self._batches(texts, kind):
+                resp = await client.post(self._endpoint, json=self._body(batch, kind))
+                resp.raise_for_status()
+                rows.extend(self._parse(resp.json(), len(batch)))
         except httpx.HTTPError as exc:
             raise EmbedderError(f"embedding server {self.url} failed: {exc}") from exc
         return self._finish(rows)

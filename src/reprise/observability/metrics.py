@@ -71,6 +71,11 @@ class Metrics:
         self.embedder_errors = Counter("reprise_embedder_errors_total",
                                        "Embedder failures (the semantic tier is skipped)",
                                        ["op"], registry=self.registry)
+        self.batch_items = Histogram(
+            "reprise_model_batch_items",
+            "Items per forward pass of a batched model (reprise.embed.batching): how many "
+            "concurrent requests' texts or pairs shared one pass",
+            ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
         self.inflight = Gauge("reprise_inflight_requests", "Requests being served",
                               registry=self.registry)
         self.request_latency = Histogram("reprise_http_request_seconds",
