@@ -12,12 +12,12 @@ there to compare against (``bench/prefix_routing.py``) and for servers without a
 cache.
 
 Health: a replica that cannot be reached, times out or answers 5xx before the first token
-is taken out of rotation, the request goes to the next replica, and after ``cooldown``
-seconds the replica is probed (``GET /models``, which must list the same models as before)
-in the background before it gets traffic again. A replica that restarted lost its cache, so
-its prefix record is cleared when it comes back. Replicas serving different models are
-refused at start-up (``verify``): a prefix cache is only shared by identical models, and a
-request must not get a different model depending on where it lands.
+is taken out of rotation, the request goes to the next replica, and every ``cooldown``
+seconds a background task probes it (``GET /models``, which must list the same models as
+before) until it answers; only then does it get traffic again. A replica that restarted
+lost its cache, so its prefix record is cleared when it comes back. Replicas serving
+different models are refused at start-up (``verify``): a prefix cache is only shared by
+identical models, and a request must not get a different model depending on where it lands.
 """
 
 from __future__ import annotations
@@ -122,10 +122,6 @@ class ReplicaRouter:
 
     # -- routing -------------------------------------------------------------------------------
     def _available(self) -> list[Replica]:
-        now = self._clock()
-        for replica in self.replicas:
-            if not replica.up and replica.down_until <= now and replica.probe is None:
-                replica.probe = asyncio.get_running_loop().create_task(self._probe(replica))
         return [r for r in self.replicas if r.up]
 
     def _rotate(self, candidates: list[Replica]) -> list[Replica]:
@@ -170,12 +166,24 @@ class ReplicaRouter:
 
     # -- health --------------------------------------------------------------------------------
     def _mark_down(self, replica: Replica) -> None:
+        """Out of rotation; a background task probes it back in (traffic or none)."""
         was_up = replica.up
         replica.up = False
         replica.down_until = self._clock() + self.cooldown_seconds
+        if replica.probe is None:
+            replica.probe = asyncio.get_running_loop().create_task(self._probe_until_up(replica))
         if was_up:
             for listener in self.health_listeners:
                 listener(replica.name, False)
+
+    async def _probe_until_up(self, replica: Replica) -> None:
+        try:
+            while not replica.up:
+                await asyncio.sleep(max(0.0, replica.down_until - self._clock()))
+                if not await self._probe(replica):
+                    replica.down_until = self._clock() + self.cooldown_seconds
+        finally:
+            replica.probe = None
 
     def _failed(self, replica: Replica, exc: UpstreamError) -> None:
         self.failovers += 1
@@ -183,27 +191,23 @@ class ReplicaRouter:
                     replica.name, exc.message)
         self._mark_down(replica)
 
-    async def _probe(self, replica: Replica) -> None:
+    async def _probe(self, replica: Replica) -> bool:
         """Back into rotation only when the replica lists the expected models again."""
-        try:
-            models = frozenset(await replica.client.models())
-            ok = bool(models) and (self.expected_models is None
-                                   or models == self.expected_models)
-            if models and not ok:
-                log.error("upstream replica %s now serves %s, not %s: kept out of rotation",
-                          replica.name, sorted(models), sorted(self.expected_models or ()))
-            if ok:
-                if self.expected_models is None:
-                    self.expected_models = models
-                replica.up = True
-                replica.prefixes.clear()  # a replica that was down may have restarted
-                log.info("upstream replica %s is back in rotation", replica.name)
-                for listener in self.health_listeners:
-                    listener(replica.name, True)
-            else:
-                replica.down_until = self._clock() + self.cooldown_seconds
-        finally:
-            replica.probe = None
+        models = frozenset(await replica.client.models())
+        if not models:
+            return False
+        if self.expected_models is not None and models != self.expected_models:
+            log.error("upstream replica %s now serves %s, not %s: kept out of rotation",
+                      replica.name, sorted(models), sorted(self.expected_models))
+            return False
+        if self.expected_models is None:
+            self.expected_models = models
+        replica.up = True
+        replica.prefixes.clear()  # a replica that was down may have restarted
+        log.info("upstream replica %s is back in rotation", replica.name)
+        for listener in self.health_listeners:
+            listener(replica.name, True)
+        return True
 
     # -- the Upstream protocol -------------------------------------------------------------------
     def _hashes(self, body: dict[str, Any]) -> list[bytes]:
