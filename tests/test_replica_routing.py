@@ -262,3 +262,38 @@ def test_block_hashes_share_exactly_the_shared_prefix() -> None:
     assert index.match(h3) == 0
     index.add(h3)  # least recently used blocks (turn1's first) are dropped
     assert len(index) == len(h1) + 2 and index.match(h1) == 0
+
+
+@pytest.mark.parametrize("case", ["resumed", "diverged", "sampled"])
+def test_a_stream_cut_by_a_dying_replica(
+        tmp_path: Path, replicas: list[tuple[str, FakeUpstreamState]], case: str) -> None:
+    """Greedy requests are finished on another replica, which must repeat what was already
+    sent; a different answer or a sampled request is not spliced: the cut reaches the client
+    and nothing is cached."""
+    (dying_url, dying), (other_url, other) = replicas
+    dying.cut_streams = True
+    if case == "diverged":
+        other.calls = 5  # its answer will say "Answer #6", the cut one said "Answer #1"
+    body: dict[str, Any] = {"model": "fake-model", "stream": True, "messages": [
+        {"role": "user", "content": "a question with a somewhat longer answer to cut"}]}
+    if case != "sampled":
+        body["temperature"] = 0
+    with running_gateway(dying_url, tmp_path, upstream_replicas=[dying_url, other_url],
+                         upstream_routing="round_robin") as (base, comp):
+        with httpx.Client(base_url=base, timeout=30) as c:
+            first = c.post("/v1/chat/completions", json=body)
+            again = c.post("/v1/chat/completions", json={**body, "stream": False})
+    events = sse_events(first.text)
+    assert dying.calls == 1
+    if case == "resumed":
+        assert events[-1] == "[DONE]"
+        want = "Answer #1 to: a question with a somewhat longer answer to cut"
+        assert stream_text(events) == want  # nothing repeated, nothing missing
+        assert len({e["id"] for e in events if isinstance(e, dict)}) == 1
+        assert comp.router.resumed == 1
+        assert again.headers["X-Reprise-Cache"] == "exact"
+        assert again.json()["choices"][0]["message"]["content"] == want
+    else:
+        assert "[DONE]" not in events
+        assert comp.router.resumed == (1 if case == "diverged" else 0)
+        assert again.headers["X-Reprise-Cache"] == "miss"  # the cut answer was not stored

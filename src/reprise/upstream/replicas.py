@@ -97,6 +97,7 @@ class ReplicaRouter:
         self.route_listeners: list[RouteListener] = []
         self.health_listeners: list[HealthListener] = []
         self.failovers = 0
+        self.resumed = 0  # cut streams finished on another replica
 
     # -- start-up ------------------------------------------------------------------------------
     async def verify(self) -> None:
@@ -235,25 +236,31 @@ class ReplicaRouter:
         raise last
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Chunks from one replica; another is tried only while nothing was sent yet."""
+        """Chunks from one replica; another is tried while nothing was sent yet, or, for a
+        deterministic request, to finish a stream its replica cut (``_Sent``)."""
         hashes = self._hashes(body)
         tried: set[str] = set()
         last: UpstreamError | None = None
+        sent = _Sent(_deterministic(body))
         while (route := self._dispatch(hashes, frozenset(tried))) is not None:
             replica = route.replica
             tried.add(replica.name)
-            started = False
             try:
-                async for chunk in replica.client.stream(body):
-                    started = True
+                async for chunk in sent.follow(replica.client.stream(body)):
                     yield chunk
                 return
+            except _Diverged:
+                raise
             except UpstreamError as exc:
-                if started or exc.status not in RETRYABLE:
-                    if exc.status in RETRYABLE:
-                        self._failed(replica, exc)
+                if exc.status not in RETRYABLE:
                     raise
                 self._failed(replica, exc)
+                if sent.started and not sent.resumable:
+                    raise
+                if sent.started:
+                    self.resumed += 1
+                    log.warning("resuming a cut deterministic stream on another replica after "
+                                "%d characters", len(sent.text))
                 last = exc
             finally:
                 replica.inflight -= 1
@@ -284,3 +291,65 @@ class ReplicaRouter:
         """Each replica's state for ``/admin/cache/stats`` and the dashboard."""
         return [{"replica": r.name, "up": r.up, "inflight": r.inflight,
                  "prefix_blocks": len(r.prefixes)} for r in self.replicas]
+
+
+def _deterministic(body: dict[str, Any]) -> bool:
+    """Greedy decoding of one choice: every replica of the model writes the same answer."""
+    return (body.get("temperature") == 0 and int(body.get("n") or 1) == 1
+            and not body.get("logprobs"))
+
+
+class _Diverged(UpstreamError):
+    """The replica finishing a cut stream wrote a different answer: it cannot be spliced."""
+
+
+class _Sent:
+    """What one streamed answer has delivered so far, across the replicas that produced it.
+
+    A replica killed mid-answer cuts the stream. For a deterministic request (temperature 0,
+    one choice) another replica writes the same text from the start; ``follow`` checks that
+    it repeats what was already delivered, character for character, and passes on only what
+    comes after it, under the first stream's id. Anything else (a different text, a tool
+    call, sampling) is not resumed: the cut reaches the client as before, and the cache never
+    stores it.
+    """
+
+    def __init__(self, resumable: bool) -> None:
+        self.resumable = resumable
+        self.started = False
+        self.text = ""
+        self.head: dict[str, Any] = {}
+
+    async def follow(self, chunks: AsyncIterator[dict[str, Any]]
+                     ) -> AsyncIterator[dict[str, Any]]:
+        resuming = self.started
+        seen = ""  # this attempt's text
+        async for chunk in chunks:
+            if not self.head:
+                self.head = {k: chunk[k] for k in ("id", "created") if k in chunk}
+            choices = chunk.get("choices") or []
+            deltas = [c.get("delta") or {} for c in choices]
+            if any(d.get("tool_calls") or d.get("function_call") for d in deltas):
+                self.resumable = False
+            content = "".join(d.get("content") or "" for d in deltas)
+            before = len(seen)
+            seen += content
+            overlap = min(len(seen), len(self.text))
+            if resuming and seen[:overlap] != self.text[:overlap]:
+                raise _Diverged(502, "upstream replica died mid-answer and another one "
+                                     "wrote a different answer: cannot resume")
+            fresh = content[max(0, len(self.text) - before):]
+            finish = any(c.get("finish_reason") for c in choices)
+            if resuming and finish and len(seen) < len(self.text):
+                raise _Diverged(502, "upstream replica died mid-answer and another one "
+                                     "wrote a shorter answer: cannot resume")
+            if resuming:
+                if choices and not fresh and not finish:
+                    continue  # the part the client already has, or the role chunk
+                chunk = {**chunk, **self.head}
+                if choices and fresh != content:
+                    delta = {k: v for k, v in deltas[0].items() if k != "role"}
+                    chunk["choices"] = [{**choices[0], "delta": {**delta, "content": fresh}}]
+            self.text += fresh
+            self.started = True
+            yield chunk
