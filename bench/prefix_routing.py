@@ -87,12 +87,17 @@ class Result:
     reused: int = 0
     computed: int = 0
     routed: dict[str, int] = field(default_factory=dict)
+    failovers: int = 0
+    resumed: int = 0
 
     def row(self, name: str, policy: str) -> str:
         p50 = percentile(self.ttft_ms, 50) / 1000 if self.ttft_ms else float("nan")
         p99 = percentile(self.ttft_ms, 99) / 1000 if self.ttft_ms else float("nan")
         share = self.reused / max(1, self.reused + self.computed)
         routes = ", ".join(f"{k} {v}" for k, v in sorted(self.routed.items()))
+        if self.failovers:
+            routes += (f"; {self.failovers} failed over, {self.resumed} of them resumed "
+                       "mid-answer")
         return (f"| {name} | {policy} | {self.requests} | {self.failed} | {p50:.2f} | "
                 f"{p99:.2f} | {self.requests / self.seconds:.3f} | {self.seconds:.1f} | "
                 f"{self.reused:,} / {self.reused + self.computed:,} ({share:.0%}) | {routes} |")
@@ -197,6 +202,9 @@ def rag_requests(seed: int, per_doc: int, passage_chars: int,
                 sources = "\n".join(f"[{i}] ({names[p.doc_id]}, page {p.page})\n{p.text}\n"
                                     for i, p in enumerate(scored, start=1))
             out.append(grounded_messages([question], sources))
+    # Questions about either document arrive in any order (interleaved, round robin over two
+    # replicas would keep each document on one replica by accident).
+    random.Random(seed + 1).shuffle(out)
     return out
 
 
@@ -271,6 +279,8 @@ async def run_policy(replicas: Replicas, policy: str, tmp: Path, work: Any,
             result.seconds = time.perf_counter() - started
     finally:
         server.stop()
+    assert comp.router is not None
+    result.failovers, result.resumed = comp.router.failovers, comp.router.resumed
     result.reused, result.computed = replicas.reuse()
 
 
@@ -280,11 +290,11 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=6)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--context-chars", type=int, default=1400)
+    parser.add_argument("--context-chars", type=int, default=2800)
     parser.add_argument("--rag-per-doc", type=int, default=6)
-    parser.add_argument("--passage-chars", type=int, default=420)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--cache-mb", type=int, default=64,
+    parser.add_argument("--passage-chars", type=int, default=700)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--cache-mb", type=int, default=96,
                         help="each replica's RAM prompt cache (llama-cpp-python --cache_size)")
     parser.add_argument("--policies", default="round_robin,least_busy,prefix")
     args = parser.parse_args()

@@ -93,6 +93,10 @@ def test_prefix_routing_keeps_each_conversation_on_one_replica(
                 for turns in convs.values():
                     r = _chat(c, turns[turn], stream=turn % 2 == 1)
                     assert r.status_code == 200, r.text
+            calls = [s.calls for s in states]
+            again = _chat(c, convs["alpha"][2])
+            assert again.headers["X-Reprise-Cache"] == "exact"
+            assert [s.calls for s in states] == calls  # hits never reach a replica
             metrics = c.get("/metrics").text
     for name in convs:
         served = _served_by(states, f"Conversation {name}.")
@@ -297,3 +301,29 @@ def test_a_stream_cut_by_a_dying_replica(
         assert "[DONE]" not in events
         assert comp.router.resumed == (1 if case == "diverged" else 0)
         assert again.headers["X-Reprise-Cache"] == "miss"  # the cut answer was not stored
+
+
+def test_a_preamble_every_prompt_shares_does_not_steer(
+        tmp_path: Path, replicas: list[tuple[str, FakeUpstreamState]]) -> None:
+    """RAG instructions or a company-wide system prompt are on every replica already: only a
+    prefix covering at least half the prompt (REPRISE_UPSTREAM_ROUTE_MIN_MATCH) routes."""
+    urls = [u for u, _ in replicas]
+    preamble = "Answer from the sources below and cite them. " * 8
+    docs = {name: " ".join(f"{name} passage {i} about its own subject." for i in range(60))
+            for name in ("pumps", "leases")}
+
+    def ask_about(c: httpx.Client, doc: str, q: str) -> None:
+        r = _chat(c, [{"role": "system", "content": f"{preamble}\nSources:\n{docs[doc]}"},
+                      {"role": "user", "content": q}])
+        assert r.status_code == 200, r.text
+
+    with running_gateway(urls[0], tmp_path, upstream_replicas=urls) as (base, _):
+        with httpx.Client(base_url=base, timeout=30) as c:
+            ask_about(c, "pumps", "first?")
+            ask_about(c, "leases", "first?")  # shares only the preamble with the pumps one
+            metrics = c.get("/metrics").text
+            assert _metric(metrics, "reprise_upstream_routed_total", reason="prefix") == 0
+            ask_about(c, "leases", "second?")
+            metrics = c.get("/metrics").text
+    assert _metric(metrics, "reprise_upstream_routed_total", reason="prefix") == 1
+    assert _metric(metrics, "reprise_upstream_routed_total", reason="least_busy") == 2

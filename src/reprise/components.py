@@ -121,6 +121,7 @@ def build_upstream(settings: Settings) -> tuple[Upstream, ReplicaRouter | None]:
              for url in settings.upstream_replicas],
             policy=settings.upstream_routing,
             max_imbalance=settings.upstream_route_max_imbalance,
+            min_match=settings.upstream_route_min_match,
             cooldown_seconds=settings.upstream_cooldown_seconds,
             prefix_capacity_blocks=settings.upstream_prefix_blocks,
         )

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Prefix routing sends a request elsewhere when its replica has more than this many
     # requests in flight beyond the least busy replica.
     upstream_route_max_imbalance: int = Field(default=2, ge=0)
+    # A prefix shorter than this share of the prompt (a preamble that every request shares)
+    # does not steer the request: it goes to the least busy replica.
+    upstream_route_min_match: float = Field(default=0.5, ge=0.0, le=1.0)
     # Prompt prefixes remembered per replica, in blocks of 64 characters (16384 ≈ 1 M
     # characters ≈ 250k tokens): about what one server's prompt cache holds.
     upstream_prefix_blocks: int = Field(default=16384, ge=1)

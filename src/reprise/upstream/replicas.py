@@ -7,9 +7,10 @@ lands on a replica that must recompute the whole prefix. ``ReplicaRouter`` remem
 prompt prefixes it sent to which replica (``upstream.prefix``) and sends a request to the one
 that was sent the longest part of it, unless that replica is busier than the least busy one
 by more than ``max_imbalance`` requests: one hot prefix (a popular document) then spills over
-to the others instead of queueing on one server. Round robin and least-busy routing are
-there to compare against (``bench/prefix_routing.py``) and for servers without a prefix
-cache.
+to the others instead of queueing on one server. A match shorter than ``min_match`` of the
+prompt (a preamble every request shares) counts as none: such requests are balanced. Round
+robin and least-busy routing are there to compare against (``bench/prefix_routing.py``) and
+for servers without a prefix cache.
 
 Health: a replica that cannot be reached, times out or answers 5xx before the first token
 is taken out of rotation, the request goes to the next replica, and every ``cooldown``
@@ -75,6 +76,7 @@ class ReplicaRouter:
         *,
         policy: Policy = "prefix",
         max_imbalance: int = 2,
+        min_match: float = 0.5,
         cooldown_seconds: float = 30.0,
         prefix_capacity_blocks: int = 16384,
         block_chars: int = BLOCK_CHARS,
@@ -89,6 +91,7 @@ class ReplicaRouter:
                          for name, client in replicas]
         self.policy: Policy = policy
         self.max_imbalance = max_imbalance
+        self.min_match = min_match
         self.cooldown_seconds = cooldown_seconds
         self.block_chars = block_chars
         self._clock = clock
@@ -149,7 +152,9 @@ class ReplicaRouter:
             n = replica.prefixes.match(hashes)
             if n > matched or (n == matched and n and replica.inflight < best.inflight):
                 best, matched = replica, n
-        if matched == 0:
+        if matched == 0 or matched < self.min_match * len(hashes):
+            # Nothing, or only a preamble every prompt shares (RAG instructions, a
+            # company-wide system prompt): any replica has it, balance instead.
             return Route(least, "least_busy", 0)
         if best.inflight - least.inflight > self.max_imbalance:
             return Route(least, "balance", 0)
@@ -286,11 +291,6 @@ class ReplicaRouter:
             if replica.probe is not None:
                 replica.probe.cancel()
             await replica.client.aclose()
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Each replica's state for ``/admin/cache/stats`` and the dashboard."""
-        return [{"replica": r.name, "up": r.up, "inflight": r.inflight,
-                 "prefix_blocks": len(r.prefixes)} for r in self.replicas]
 
 
 def _deterministic(body: dict[str, Any]) -> bool:
