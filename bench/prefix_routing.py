@@ -297,6 +297,8 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=96,
                         help="each replica's RAM prompt cache (llama-cpp-python --cache_size)")
     parser.add_argument("--policies", default="round_robin,least_busy,prefix")
+    parser.add_argument("--out", default="prefix_routing.md",
+                        help="file name under bench/results/")
     args = parser.parse_args()
     if args.quick:
         args.conversations, args.turns, args.rag_per_doc = 4, 3, 3
@@ -307,6 +309,7 @@ def main() -> None:
     policies = args.policies.split(",")
     load_before = os.getloadavg()
     rows: list[str] = []
+    notes: list[str] = []
     results: dict[tuple[str, str], Result] = {}
 
     def record(name: str, policy: str, result: Result) -> None:
@@ -348,7 +351,9 @@ def main() -> None:
                 if not killed and result.requests >= total // 3:
                     replicas.kill(1)
                     killed.append(time.perf_counter())
-                    print(f"  killed replica 2 after {result.requests} requests", flush=True)
+                    notes.append(f"Replica 2 was SIGKILLed after {result.requests} of {total} "
+                                 "requests had finished.")
+                    print(f"  {notes[-1]}", flush=True)
 
             return multi_turn(client, contexts, args.turns, args.concurrency,
                               args.max_tokens, result, on_progress=progress)
@@ -386,13 +391,14 @@ def main() -> None:
         "| workload | routing | requests | failed | TTFT p50 s | TTFT p99 s | req/s | "
         "seconds | prompt tokens reused / processed | routed by |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
-    summary = (f"\nMulti-turn, prefix vs round robin: {speedup('multi-turn')}.\n"
+    summary = (f"\n{' '.join(notes)}\n\nMulti-turn, prefix vs round robin: "
+               f"{speedup('multi-turn')}.\n"
                f"RAG (document order), prefix vs round robin: "
                f"{speedup('rag (document order)')}.\n")
     text = header + "\n".join(rows) + "\n" + summary
     print(summary)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("prefix_routing_quick.md" if args.quick else "prefix_routing.md")
+    out = RESULTS / args.out
     out.write_text(text)
     print(f"written to {out}")
 
