@@ -273,6 +273,9 @@ def test_dashboard_plots_hits_and_misses(gateway: Any) -> None:
     assert hit_rate.value == "50%"
     saved = next(m for m in at.metric if m.label == "Tokens saved")
     assert int(saved.value.replace(",", "")) > 0
+    # The test upstream reports 2 cached prompt tokens per answer, as OpenAI does.
+    reused = next(m for m in at.metric if m.label == "Prefix reused")
+    assert reused.value.endswith(" tokens") and int(reused.value.split()[0]) > 0
     assert len(at.get("image")) == 3  # hit rate by tier, latency hit vs miss, savings
 
 

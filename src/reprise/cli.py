@@ -230,6 +230,7 @@ def up(
 
             llama = llama_server(settings.llama_port, model_path=settings.llama_model_path,
                                  n_ctx=settings.llama_ctx, threads=settings.llama_threads,
+                                 prompt_cache_bytes=settings.llama_prompt_cache_bytes,
                                  log_file=settings.data_dir / "llama-server.log")
             console.print(f"starting llama.cpp model server on :{settings.llama_port} …")
             procs.append(llama.start())

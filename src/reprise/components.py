@@ -21,6 +21,7 @@ from reprise.serving.chat import ChatService
 from reprise.store.base import Store
 from reprise.upstream.base import Upstream
 from reprise.upstream.client import UpstreamClient
+from reprise.upstream.replicas import ReplicaRouter
 from reprise.upstream.router import FailoverUpstream, Target
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,12 @@ class Components:
     extras: dict[str, Any] = field(default_factory=dict)
     known_models: set[str] = field(default_factory=set)
     embedders: EmbedderPool | None = None  # shared model instances (see EmbedderPool)
+    router: ReplicaRouter | None = None  # replicas of the primary model, when configured
+
+    async def astart(self) -> None:
+        """Checks that need the network before serving: replicas must serve one model."""
+        if self.router is not None:
+            await self.router.verify()
 
     async def aclose(self) -> None:
         rag = self.extras.get("rag")
@@ -126,23 +133,38 @@ def model_batchers(embedder: Embedder | None, semantic: Any) -> list[MicroBatche
     return out
 
 
-def build_upstream(settings: Settings) -> Upstream:
-    """One model server, or a failover chain when fallbacks are configured."""
+def build_upstream(settings: Settings) -> tuple[Upstream, ReplicaRouter | None]:
+    """One model server, or replicas of it, then the fallbacks in order when configured."""
 
     def client(url: str, api_key: str) -> UpstreamClient:
         return UpstreamClient(url, api_key, connect_timeout=settings.upstream_connect_timeout,
                               read_timeout=settings.upstream_read_timeout)
 
-    primary = client(settings.upstream_url, settings.upstream_api_key)
+    router: ReplicaRouter | None = None
+    primary: Upstream
+    if settings.upstream_replicas:
+        router = ReplicaRouter(
+            [(url, client(url, settings.upstream_api_key))
+             for url in settings.upstream_replicas],
+            policy=settings.upstream_routing,
+            max_imbalance=settings.upstream_route_max_imbalance,
+            min_match=settings.upstream_route_min_match,
+            cooldown_seconds=settings.upstream_cooldown_seconds,
+            prefix_capacity_blocks=settings.upstream_prefix_blocks,
+        )
+        primary, primary_name = router, "replicas"
+    else:
+        primary = client(settings.upstream_url, settings.upstream_api_key)
+        primary_name = settings.upstream_url
     if not settings.upstream_fallbacks:
-        return primary
-    targets = [Target(settings.upstream_url, primary)]
+        return primary, router
+    targets = [Target(primary_name, primary)]
     for fb in settings.upstream_fallbacks:
         if "url" not in fb:
             raise ValueError("every entry of upstream_fallbacks needs a 'url'")
         targets.append(Target(fb["url"], client(fb["url"], fb.get("api_key", "")),
                               model=fb.get("model") or None))
-    return FailoverUpstream(targets, cooldown_seconds=settings.upstream_cooldown_seconds)
+    return FailoverUpstream(targets, cooldown_seconds=settings.upstream_cooldown_seconds), router
 
 
 def build_components(
@@ -165,8 +187,15 @@ def build_components(
         semantic_enabled=settings.semantic_enabled,
         served_ttl_seconds=settings.feedback_window_seconds,
     )
-    upstream = upstream or build_upstream(settings)
+    router: ReplicaRouter | None = None
+    if upstream is None:
+        upstream, router = build_upstream(settings)
     metrics = Metrics(settings.price_prompt_per_mtok, settings.price_completion_per_mtok)
+    if router is not None:
+        router.route_listeners.append(metrics.routed)
+        router.health_listeners.append(metrics.replica_health)
+        for replica in router.replicas:
+            metrics.replica_health(replica.name, replica.up)
     chat = ChatService(
         cache, TimedUpstream(upstream, metrics),
         distributed_lock_seconds=settings.single_flight_lock_seconds
@@ -179,4 +208,4 @@ def build_components(
         hist = metrics.batch_items.labels(batcher.name)
         batcher.listeners.append(hist.observe)
     return Components(settings, store, embedder, cache, upstream, chat, metrics,
-                      known_models=set(settings.public_models), embedders=pool)
+                      known_models=set(settings.public_models), embedders=pool, router=router)

@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         comp = components or build_components(settings)
+        await comp.astart()
         app.state.components = comp
         app.state.metrics = comp.metrics
         if "rag" not in comp.extras:

@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from reprise.upstream.accounting import reused_prompt_tokens
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -98,6 +100,23 @@ class Metrics:
             "reprise_feedback_refusals_total",
             "Lookups that found an entry users' votes refuse for the asked question",
             ["tier"], registry=self.registry)
+        self.upstream_prompt_tokens = Counter(
+            "reprise_upstream_prompt_tokens_total",
+            "Prompt tokens of answers from the model server: reused from its own prompt "
+            "cache, computed, or unreported (the server gave no reuse figure)", ["kind"],
+            registry=self.registry)
+        self.upstream_answers = Counter(
+            "reprise_upstream_answers_total",
+            "Answers from the model server by whether they reported prompt-cache reuse",
+            ["prompt_cache"], registry=self.registry)
+        self.replica_routes = Counter(
+            "reprise_upstream_routed_total",
+            "Requests sent to each replica, by why it was chosen (prefix, balance, "
+            "least_busy, round_robin, last_resort)", ["replica", "reason"],
+            registry=self.registry)
+        self.replica_up = Gauge("reprise_upstream_replica_up",
+                                "1 while a replica is in rotation, 0 while out",
+                                ["replica"], registry=self.registry)
         # The same, as plain numbers for /admin/cache/stats (since this process started).
         self.feedback_counts: dict[str, int] = {"up": 0, "down": 0, "evicted": 0}
         self.events: deque[RequestEvent] = deque(maxlen=history)
@@ -132,6 +151,26 @@ class Metrics:
         self.events.append(RequestEvent(time.time(), tier, latency_s * 1000, stream, status,
                                         namespace, saved_prompt + saved_completion if hit else 0,
                                         cost, similarity, hit and tokens_estimated, lookup))
+
+    def upstream_usage(self, usage: dict[str, Any] | None) -> None:
+        """One answer from the model server, with the usage it reported (normalised)."""
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        reused = reused_prompt_tokens(usage)
+        if reused is None:
+            self.upstream_answers.labels("unreported").inc()
+            self.upstream_prompt_tokens.labels("unreported").inc(prompt)
+            return
+        reused = min(reused, prompt) if prompt else reused
+        self.upstream_answers.labels("reported").inc()
+        self.upstream_prompt_tokens.labels("reused").inc(reused)
+        self.upstream_prompt_tokens.labels("computed").inc(max(0, prompt - reused))
+
+    def routed(self, replica: str, reason: str, matched_chars: int) -> None:
+        self.replica_routes.labels(replica, reason).inc()
+
+    def replica_health(self, replica: str, up: bool) -> None:
+        self.replica_up.labels(replica).set(1 if up else 0)
 
     def feedback(self, *, vote: str, tier: str, evicted: bool) -> None:
         """One applied vote (a repeated one is not counted again)."""

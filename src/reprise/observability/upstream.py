@@ -2,7 +2,9 @@
 
 A wrapper rather than code inside the client, so failover chains, single clients and test
 upstreams are all measured the same way (``reprise_upstream_latency_seconds``: a whole
-non-streaming call, or a stream from request to its last chunk).
+non-streaming call, or a stream from request to its last chunk), and every answer's report
+of prompt tokens the server reused from its prompt cache is counted
+(``reprise_upstream_prompt_tokens_total``).
 """
 
 from __future__ import annotations
@@ -23,17 +25,23 @@ class TimedUpstream:
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            return await self.inner.complete(body)
+            result = await self.inner.complete(body)
         finally:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        self.metrics.upstream_usage(result.get("usage"))
+        return result
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         started = time.perf_counter()
+        usage: dict[str, Any] | None = None
         try:
             async for chunk in self.inner.stream(body):
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
                 yield chunk
         finally:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        self.metrics.upstream_usage(usage)
 
     async def models(self) -> list[str]:
         return await self.inner.models()

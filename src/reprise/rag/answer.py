@@ -2,7 +2,9 @@
 
 The model sees each source as ``[n] (file, page p)`` followed by its text and is told to cite
 ``[n]``; the same numbering is returned as structured citations so an app can show the page
-each claim came from.
+each claim came from. The prompt is laid out for the model server's prompt cache: the stable
+parts first (the app's system prompt, the instructions, then the sources in document order),
+the conversation last.
 """
 
 from __future__ import annotations
@@ -42,30 +44,48 @@ class PackedContext:
     citations: list[dict[str, Any]]
 
 
+def _document_order(chunk: RetrievedLike, name: str) -> tuple[str, str, int, int, str]:
+    """Where a chunk sits in its collection: file name, document, page, position in it."""
+    _, _, tail = chunk.chunk_id.rpartition(":")
+    ordinal = int(tail) if tail.isdigit() else 0
+    return (name, chunk.doc_id, chunk.page, ordinal, chunk.chunk_id)
+
+
 def pack_sources(
     chunks: Sequence[RetrievedLike],
     filenames: dict[str, str],
     budget_tokens: int,
     count_tokens: Callable[[str], int],
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Sources text and citations, best chunks first, stopping at the budget."""
-    parts: list[str] = []
-    citations: list[dict[str, Any]] = []
+    """Sources text and citations: the best chunks that fit the budget, in document order.
+
+    Chosen by score, but written in the order they sit in the collection (file, page,
+    position) and numbered that way. Follow-up questions about the same documents usually
+    retrieve much the same chunks in a different score order; in document order their
+    prompts are identical up to where the chosen chunks differ, so the model server reuses
+    the longest prefix from its prompt cache (``bench/prefix_routing.py`` measures it).
+    """
+    chosen: list[tuple[RetrievedLike, str, str]] = []  # chunk, file name, text kept
     used = 0
     for chunk in chunks:
         name = filenames.get(chunk.doc_id, chunk.doc_id)
-        block = f"[{len(citations) + 1}] ({name}, page {chunk.page})\n{chunk.text.strip()}\n"
-        cost = count_tokens(block)
+        text = chunk.text.strip()
+        cost = count_tokens(f"[00] ({name}, page {chunk.page})\n{text}\n")
         if used + cost > budget_tokens:
-            if citations:
+            if chosen:
                 continue  # a smaller later chunk may still fit
             # Always give the model at least the best source, trimmed to the budget.
             keep = max(1, int(len(chunk.text) * budget_tokens / max(cost, 1)))
-            block = f"[1] ({name}, page {chunk.page})\n{chunk.text[:keep].strip()}\n"
-            cost = count_tokens(block)
-        parts.append(block)
+            text = chunk.text[:keep].strip()
+            cost = count_tokens(f"[1] ({name}, page {chunk.page})\n{text}\n")
+        chosen.append((chunk, name, text))
         used += cost
-        citations.append({"index": len(citations) + 1, "document_id": chunk.doc_id,
+    chosen.sort(key=lambda c: _document_order(c[0], c[1]))
+    parts: list[str] = []
+    citations: list[dict[str, Any]] = []
+    for index, (chunk, name, text) in enumerate(chosen, start=1):
+        parts.append(f"[{index}] ({name}, page {chunk.page})\n{text}\n")
+        citations.append({"index": index, "document_id": chunk.doc_id,
                           "document": name, "filename": name, "page": chunk.page,
                           "chunk_id": chunk.chunk_id, "text": chunk.text,
                           "score": round(float(chunk.score), 6)})

@@ -46,6 +46,7 @@ class FakeUpstreamState:
     usage_details: bool = True  # include prompt_tokens_details / DeepSeek fields
     # False: like llama.cpp's server, never send usage on a stream, even when asked for it.
     stream_usage: bool = True
+    cut_streams: bool = False  # every stream is cut mid-answer, as by a server that died
 
 
 def _last_user(body: dict[str, Any]) -> str:
@@ -118,7 +119,7 @@ def build_app(state: FakeUpstreamState) -> Starlette:
             yield ev({"index": 0, "delta": {"role": "assistant", "content": ""},
                       "finish_reason": None})
             for i in range(0, len(words), step):
-                if "[cut]" in q and i >= len(words) // 2:
+                if ("[cut]" in q or state.cut_streams) and i >= len(words) // 2:
                     return  # connection closes without finish_reason or [DONE]
                 if drip:
                     await asyncio.sleep(drip)

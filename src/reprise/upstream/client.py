@@ -3,7 +3,8 @@
 Streaming is parsed chunk by chunk and handed on as soon as each SSE event arrives, so the
 first token reaches the app with no buffering. Failures are mapped to ``UpstreamError`` with
 the HTTP status the gateway should answer (502 unreachable/5xx, 504 timeout, the upstream's
-own 4xx for requests it rejects).
+own 4xx for requests it rejects). Each answer's report of reused prompt tokens, whatever the
+provider calls it, is put where OpenAI clients read it (``upstream.accounting``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from reprise.upstream.accounting import normalise
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,7 @@ class UpstreamClient:
             raise UpstreamError(502, "upstream answered with invalid JSON") from exc
         if not isinstance(data, dict) or not data.get("choices"):
             raise UpstreamError(502, "upstream answered without choices")
+        normalise(data)
         return data
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -142,6 +146,8 @@ class UpstreamClient:
                     raise UpstreamError(502, "upstream sent an invalid stream chunk") from exc
                 if isinstance(chunk, dict) and "error" in chunk:
                     raise UpstreamError(502, f"upstream error mid-stream: {chunk['error']}")
+                if isinstance(chunk, dict) and ("usage" in chunk or "timings" in chunk):
+                    normalise(chunk)
                 yield chunk
             if not done:
                 raise UpstreamError(502, "upstream closed the stream before [DONE]")

@@ -1,7 +1,8 @@
 """Dashboard: hit rate over time by tier, latency of hits vs misses, savings, errors, votes.
 
 The gateway keeps its recent chat requests in memory (``/admin/events``, since it started);
-upstream failures and users' votes on answers come from its Prometheus counters
+upstream failures, users' votes on answers, the prompt tokens the model server reused from
+its own prompt cache and the replicas' state come from its Prometheus counters
 (``/metrics``), which also count the failures that never produced an answer event.
 """
 
@@ -46,18 +47,44 @@ def _feedback(ctx: context.UIContext) -> tuple[dict[str, float], float, float]:
     return votes, evicted, refused
 
 
+def _prefix_reuse(ctx: context.UIContext) -> tuple[dict[str, float], dict[str, float]]:
+    """Prompt tokens of misses by kind (reused, computed, unreported), answers by report."""
+    tokens = {labels.get("kind", "?"): value for labels, value in
+              ctx.client.metric_samples("reprise_upstream_prompt_tokens_total")}
+    answers = {labels.get("prompt_cache", "?"): value for labels, value in
+               ctx.client.metric_samples("reprise_upstream_answers_total")}
+    return tokens, answers
+
+
+def _replicas(ctx: context.UIContext) -> list[dict[str, Any]]:
+    """One row per model replica (only when the gateway routes over several)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for labels, value in ctx.client.metric_samples("reprise_upstream_replica_up"):
+        rows[labels.get("replica", "?")] = {"replica": labels.get("replica", "?"),
+                                            "in rotation": bool(value), "requests": 0,
+                                            "by prefix": 0}
+    for labels, value in ctx.client.metric_samples("reprise_upstream_routed_total"):
+        row = rows.get(labels.get("replica", "?"))
+        if row is not None:
+            row["requests"] += int(value)
+            if labels.get("reason") == "prefix":
+                row["by prefix"] += int(value)
+    return list(rows.values())
+
+
 def _body(ctx: context.UIContext) -> None:
     events, scope = _events(ctx)
     summary = charts.summarize(events)
     errors = _upstream_errors(ctx)
     votes, evicted, refused = _feedback(ctx)
+    prefix_tokens, prefix_answers = _prefix_reuse(ctx)
     note = ""
     if summary.by_tier["exact"] + summary.by_tier["semantic"] and not summary.saved_tokens:
         note = (" Hits saved no counted tokens: the model reports no token usage (llama.cpp's"
                 " server does not when streaming).")
     st.caption(f"{summary.requests} chat requests since the gateway started ({scope})."
                + note)
-    a, b, c, d, e, f = st.columns(6)
+    a, b, c, d, e, f, g = st.columns(7)
     a.metric("Hit rate", f"{summary.hit_rate:.0%}",
              help=f"exact {summary.by_tier['exact']}, semantic {summary.by_tier['semantic']},"
                   f" miss {summary.by_tier['miss']}, bypass {summary.by_tier['bypass']}")
@@ -78,6 +105,15 @@ def _body(ctx: context.UIContext) -> None:
     f.metric("Votes 👍 / 👎", f"{int(votes['up'])} / {int(votes['down'])}",
              help=f"users' thumbs on answers (POST /v1/feedback): {int(evicted)} entries "
                   f"evicted by them, {int(refused)} lookups found an answer they refused")
+    reused = int(prefix_tokens.get("reused", 0))
+    reported_prompt = reused + int(prefix_tokens.get("computed", 0))
+    g.metric("Prefix reused", f"{reused:,} tokens",
+             help=f"on misses, prompt tokens the model server took from its own prompt "
+                  f"cache: {reused:,} of {reported_prompt:,} in "
+                  f"{int(prefix_answers.get('reported', 0))} answers that reported it; "
+                  f"{int(prefix_answers.get('unreported', 0))} answers reported no figure "
+                  f"(llama-cpp-python's server and Ollama never do). Reprise's own hits "
+                  f"are in Tokens saved.")
 
     left, right = st.columns(2)
     left.pyplot(charts.hit_rate_figure(events))
@@ -98,6 +134,10 @@ def _body(ctx: context.UIContext) -> None:
             st.success("No upstream errors since the gateway started.")
         if summary.errors:
             st.warning(f"{summary.errors} requests ended with an error status.")
+        replicas = _replicas(ctx)
+        if replicas:
+            st.markdown("**Model replicas** (prefix-aware routing)")
+            st.dataframe(replicas, hide_index=True)
 
 
 def render() -> None:
