@@ -25,6 +25,7 @@ from reprise.cache.service import CachePolicy
 from reprise.components import Components
 from reprise.rag.errors import RagError
 from reprise.serving.chat import ChatOutcome, Prepare, Prepared
+from reprise.serving.model_defaults import apply_model_defaults
 from reprise.upstream.client import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ async def chat_completions(request: Request) -> Response:
     upstream_model = await resolve_model(comp, req.model)
     policy = cache_policy(request, namespace)
     model = req.model or upstream_model
+    body = apply_model_defaults(body, comp.settings.model_defaults.get(upstream_model),
+                                grounded=req.collection is not None)
     key_context: dict[str, Any] | None = None
     prepare = None
     if req.collection is not None:
