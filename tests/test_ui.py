@@ -71,7 +71,8 @@ def ask(at: AppTest, question: str) -> AppTest:
 
 
 def badges(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown if "latency" in str(m.value)]
+    return [m.value for m in at.markdown
+            if "first token" in str(m.value) or "latency" in str(m.value)]
 
 
 def answers(at: AppTest) -> list[str]:
@@ -344,3 +345,62 @@ def test_api_keys_missing_key_is_explained_and_user_key_is_limited(
         assert_no_exception(at)
         assert any("admin key" in e.value for e in at.error)
         assert len(at.dataframe[0].value) == 1  # nothing was cleared
+
+
+def test_first_run_page_and_its_examples_show_miss_exact_and_semantic(gateway: Any) -> None:
+    """The empty chat says what Reprise is and which model answers; each example question
+    then gives a miss, asked again an exact hit, and its paraphrase a semantic hit."""
+    from reprise.ui.welcome import EXAMPLES
+
+    at = app()
+    intro = page_text(at)
+    assert "Reprise" in intro and "gateway" in intro
+    assert any("Model in use: **fake-model**" in c.value for c in at.caption)
+    assert any("What the words mean" in e.label for e in at.expander)
+    for i, (_lang, question, paraphrase) in enumerate(EXAMPLES):
+        at.button(key=f"example_q_{i}").click().run()
+        assert_no_exception(at)
+        assert "miss" in badges(at)[-1], question
+        at.button(key=f"example_q_{i}").click().run()
+        assert "exact hit" in badges(at)[-1], question
+        at.button(key=f"example_p_{i}").click().run()
+        assert "semantic hit" in badges(at)[-1], (question, paraphrase, at.caption)
+    assert not any("What the words mean" in e.label for e in at.expander)
+
+
+def test_capped_answer_says_where_it_was_cut(fake_upstream: Any, use_embedder: Any,
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = fake_upstream
+    with running_gateway(url, tmp_path, store="memory",
+                         model_defaults={"fake-model": {"max_tokens": 3}}) as (base, _):
+        monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+        at = app()
+        ask(at, f"Tell me everything about the sea {uuid.uuid4().hex[:6]}")
+        assert "cut at 3 tokens" in badges(at)[0]
+        assert any("token cap" in c.value for c in at.caption)
+
+
+def test_question_too_long_for_the_model_is_refused_clearly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 400 the model gives (here the test model with a 50-token context, which closes a
+    stream it cannot take, as llama.cpp's server does) reaches the page before any answer;
+    the giant question is folded and no "ask again" is offered."""
+    from reprise.testing.upstream import FakeUpstreamState, start_fake_upstream
+
+    server, _ = start_fake_upstream(FakeUpstreamState(context_tokens=50))
+    try:
+        with running_gateway(server.url + "/v1", tmp_path, store="memory") as (base, _):
+            monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+            at = app()
+            question = "Why is the sea blue? " * 400
+            ask(at, question)
+            assert any("refused this question" in e.value
+                       and "maximum context length is 50 tokens" in e.value for e in at.error)
+            assert not any(str(b.key).startswith("bypass_") for b in at.button)
+            shown = [m.value for m in at.markdown if "Why is the sea blue?" in str(m.value)]
+            assert shown and all(len(v) < 1000 for v in shown)
+            assert any(f"({len(question.strip()):,} characters)" in v for v in shown)
+            assert any(e.label == "Show the whole question" for e in at.expander)
+    finally:
+        server.stop()

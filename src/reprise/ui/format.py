@@ -46,7 +46,17 @@ def badge_markdown(result: ChatResult, cost_per_token: float) -> str:
     parts = [_BADGE.get(result.tier, f":gray-badge[{result.tier}]")]
     if result.tier == "semantic" and result.similarity is not None:
         parts.append(f"similarity **{result.similarity:.3f}**")
-    parts.append(f"latency **{duration(result.latency_ms)}**")
+    if result.first_token_ms is not None:
+        # Time to the first token as the gateway delivered it; the page's own drawing of a
+        # long answer is not the gateway's time (the dashboard measures the same thing).
+        parts.append(f"first token **{duration(result.first_token_ms)}**")
+        if not result.hit:
+            parts.append(f"whole answer {duration(result.latency_ms)}")
+    else:
+        parts.append(f"latency **{duration(result.latency_ms)}**")
+    if result.cut:
+        n = result.completion_tokens
+        parts.append(f":orange[cut at {n} tokens]" if n else ":orange[cut at the token cap]")
     if result.hit and result.age_seconds:
         parts.append(f"cached {seconds(result.age_seconds)} ago")
     tokens = result.tokens
