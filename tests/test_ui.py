@@ -404,3 +404,34 @@ def test_question_too_long_for_the_model_is_refused_clearly(
             assert any(e.label == "Show the whole question" for e in at.expander)
     finally:
         server.stop()
+
+
+def test_collection_names_in_any_alphabet_and_a_refused_name_is_kept(gateway: Any) -> None:
+    from reprise.rag import names
+
+    at = app()
+    at.switch_page("views/documents.py").run()
+    assert any(names.RULE in c.value for c in at.caption)  # the rule, before any submit
+    create_collection(at, "públicos")
+    create_collection(at, "合同")
+    at.text_input(key="docs_new_name").input("contratos 2024!")
+    next(b for b in at.button if b.label == "Create").click().run()
+    assert_no_exception(at)
+    assert any("not a valid collection name" in e.value and names.RULE in e.value
+               for e in at.error)
+    assert at.text_input(key="docs_new_name").value == "contratos 2024!"
+
+
+def test_upload_lines_read_well() -> None:
+    """One page is "1 page"; a failed file names itself once and shows no error code; the
+    picker's unsupported files are named (the button refuses while they are chosen)."""
+    done = {"filename": "a.md", "state": "done", "pages": 1, "chunks": 3}
+    assert documents._file_line(done) == "a.md: done (1 page, 3 chunks)"
+    empty = {"filename": "empty.md", "state": "failed",
+             "error": {"code": "empty", "message": "empty.md is empty"}}
+    assert documents.file_error(empty) == "empty.md is empty"
+    exe = {"filename": "setup.pdf", "state": "failed",
+           "error": {"code": "unsupported", "message": "an executable, not a document"}}
+    assert documents.file_error(exe) == "setup.pdf: an executable, not a document"
+    assert documents.rejected_files(["a.pdf", "setup.exe", "notes.MD", "README"]) == [
+        "setup.exe", "README"]
