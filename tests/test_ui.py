@@ -435,3 +435,37 @@ def test_upload_lines_read_well() -> None:
     assert documents.file_error(exe) == "setup.pdf: an executable, not a document"
     assert documents.rejected_files(["a.pdf", "setup.exe", "notes.MD", "README"]) == [
         "setup.exe", "README"]
+
+
+def test_dashboard_counts_failed_requests_once_whatever_the_path(gateway: Any) -> None:
+    """A failure of the model server is one failed request on the dashboard, streamed (the
+    chat page) or not (an app), and the same number as the model server's errors."""
+    base, _ = gateway
+    ns = f"ui{uuid.uuid4().hex[:10]}"
+    at = app(ns)
+    ask(at, f"please [fail:503] {uuid.uuid4().hex[:6]}")
+    r = httpx.post(f"{base}/v1/chat/completions", headers={"X-Reprise-Namespace": ns},
+                   json={"model": "fake-model", "messages": [
+                       {"role": "user", "content": f"[fail:503] {uuid.uuid4().hex[:6]}"}]})
+    assert r.status_code == 502
+    at.switch_page("views/dashboard.py").run()
+    assert_no_exception(at)
+    failed = next(m for m in at.metric if m.label == "Failed requests")
+    events = httpx.get(f"{base}/admin/events", params={"all": "true"}).json()["data"]
+    assert int(failed.value) == sum(1 for e in events if e["status"] >= 400) >= 2
+    assert len(at.get("image")) == 3  # hit rate, latency, failed requests by status
+
+
+def test_charts_count_whole_requests_in_one_style() -> None:
+    from reprise.ui import charts
+
+    events = [{"ts": 1000.0 + i, "tier": "exact" if i % 2 else "miss",
+               "latency_ms": 5.0 + i, "saved_tokens": 10, "status": 200} for i in range(3)]
+    figures = [charts.hit_rate_figure(events), charts.latency_figure(events),
+               charts.savings_figure(events, 0.001), charts.errors_figure({"502": 1})]
+    assert {tuple(f.get_size_inches()) for f in figures[:3]} == {charts.WIDE}
+    for fig in figures[1:]:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        ticks = ax.get_xticks() if fig is figures[3] else ax.get_yticks()
+        assert all(float(t).is_integer() for t in ticks), ticks

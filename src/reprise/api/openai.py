@@ -155,6 +155,11 @@ async def chat_completions(request: Request) -> Response:
         )
     except UpstreamError as exc:
         _upstream_failed(comp, exc)
+        # One event per failed request too, so the dashboard's count of failed requests
+        # agrees with its count of upstream errors.
+        comp.metrics.chat(tier="miss" if policy.lookup else "bypass",
+                          latency_s=time.perf_counter() - started, stream=req.stream,
+                          status=exc.status, namespace=namespace)
         return error_response(exc.status, exc.message, code="upstream_error")
     except RagError as exc:
         raise APIError(exc.status, exc.message, code=exc.code, param="collection") from exc
