@@ -224,6 +224,10 @@ def test_upload_refused_is_explained(gateway: Any) -> None:
     assert any("Upload refused" in e.value and "does not exist" in e.value for e in at.error)
 
 
+def entry_count(at: AppTest) -> int:
+    return int(next(m for m in at.metric if m.label == "Entries").value)
+
+
 def test_cache_page_lists_searches_deletes_and_clears(gateway: Any) -> None:
     base, _ = gateway
     ns = f"ui{uuid.uuid4().hex[:10]}"
@@ -248,12 +252,17 @@ def test_cache_page_lists_searches_deletes_and_clears(gateway: Any) -> None:
     at.text_input(key="cache_query").input("vaccines").run()
     assert list(at.dataframe[0].value["question"]) == ["How do vaccines work?"]
     entries = httpx.get(f"{base}/admin/cache", params={"namespace": ns, "q": "vaccines"}).json()
-    at.selectbox(key="cache_delete_choice").set_value(entries["data"][0]["key"]).run()
+    assert entry_count(at) == 3
+    at.selectbox(key="cache_delete_choice_0").set_value(entries["data"][0]["key"]).run()
     at.button(key="cache_delete").click().run()
     assert_no_exception(at)
     assert any("Deleted the entry" in s.value for s in at.success)
+    # Every box on the page follows at once: the namespace count, the delete choices.
+    assert entry_count(at) == 2
     at.text_input(key="cache_query").input("").run()
     assert len(at.dataframe[0].value) == 2
+    box = at.selectbox(key="cache_delete_choice_1")
+    assert box.value is None and not any("vaccines" in o for o in box.options)
 
     at.checkbox(key="cache_confirm_clear").check().run()
     at.button(key="cache_clear").click().run()
