@@ -36,8 +36,8 @@ import orjson
 
 from reprise.cache.guards import detect_language
 from reprise.rag.answer import grounded_messages
-from reprise.serving.prompts import chat_prompt, grounded_prompt
 from reprise.services.llama_server import find_gguf, llama_server
+from reprise.serving.prompts import chat_prompt, grounded_prompt
 from reprise.testing.upstream import free_port
 
 RESULTS = Path(__file__).parent / "results"

@@ -39,7 +39,7 @@ def long_question() -> str:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_too_long_question_gets_the_same_400(small_context: Any, stream: bool) -> None:
-    client, comp = small_context
+    client, _comp = small_context
     r = ask(client, long_question(), stream=stream)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/json")
@@ -50,7 +50,7 @@ def test_too_long_question_gets_the_same_400(small_context: Any, stream: bool) -
 
 def test_refused_question_is_not_cached_and_a_short_one_still_streams(
         small_context: Any) -> None:
-    client, comp = small_context
+    client, _comp = small_context
     q = long_question()
     assert ask(client, q, stream=True).status_code == 400
     again = ask(client, q, stream=True)

@@ -478,3 +478,23 @@ def test_charts_count_whole_requests_in_one_style() -> None:
         ax = fig.axes[0]
         ticks = ax.get_xticks() if fig is figures[3] else ax.get_yticks()
         assert all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_cache_rows_of_one_question_say_how_they_differ(gateway: Any) -> None:
+    base, _ = gateway
+    ns = f"ui{uuid.uuid4().hex[:10]}"
+    q = "Why is the sky blue?"
+    with httpx.Client(base_url=base, headers={"X-Reprise-Namespace": ns}, timeout=60) as c:
+        for messages in ([{"role": "user", "content": q}],
+                         [{"role": "system", "content": "Answer like a pirate."},
+                          {"role": "user", "content": q}]):
+            r = c.post("/v1/chat/completions", json={"model": "default", "messages": messages})
+            assert r.status_code == 200
+    at = app(ns)
+    at.switch_page("views/cache.py").run()
+    assert_no_exception(at)
+    df = at.dataframe[0].value
+    rows = df[df["question"] == q]
+    assert len(rows) == 2 and rows["context"].nunique() == 2
+    assert all(len(c) == 8 for c in rows["context"])
+    assert {"prompt tokens", "answer tokens"} <= set(df.columns)

@@ -2,7 +2,8 @@
 
 The UI's browser test (``tests/test_ui_browser.py``, the flow of ``scripts/ui_screenshots.py``)
 needs a real browser; no registry package ships one that runs here, Debian's ``chromium``
-does, and ``fonts-noto-cjk`` makes Chinese text render instead of boxes. Like Redis Stack's
+does, and ``fonts-noto-cjk`` (``fonts-noto-color-emoji``) make Chinese text (and the vote
+thumbs) render instead of boxes. Like Redis Stack's
 libssl (``services.redis_stack``), the test setup installs them itself, so ``make test`` on a
 fresh machine runs the check instead of skipping it.
 """
@@ -14,8 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("chromium", "fonts-noto-cjk")
 CJK_FONT_DIR = Path("/usr/share/fonts/opentype/noto")
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 APT_TIMEOUT_SECONDS = 1200
 
 
@@ -31,6 +32,8 @@ def _missing() -> list[str]:
     missing = [] if find() else ["chromium"]
     if not any(CJK_FONT_DIR.glob("NotoSansCJK*")):
         missing.append("fonts-noto-cjk")
+    if not EMOJI_FONT.exists():
+        missing.append("fonts-noto-color-emoji")  # the 👍/👎 of votes
     return missing
 
 

@@ -52,12 +52,14 @@ def _settings_panel(stats: dict[str, Any]) -> None:
 def _rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{
         "question": e["question"],
+        "context": e.get("context", ""),
         "tier": "exact + semantic" if e.get("semantic") else "exact",
         "hits": e["hits"],
         "age": seconds(e["age_seconds"]),
         "TTL": seconds(e["ttl_seconds"]),
         "model": e.get("model", ""),
-        "tokens": int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0),
+        "prompt tokens": int(e.get("prompt_tokens") or 0),
+        "answer tokens": int(e.get("completion_tokens") or 0),
         "answer": e.get("answer_preview", ""),
         "votes": _votes(e.get("feedback")),
         "key": e["key"][:16],
@@ -127,6 +129,11 @@ def _page(ctx: context.UIContext) -> None:
                    + (f" (first {LIMIT})" if len(entries) == LIMIT else ""))
         st.dataframe(_rows(entries), hide_index=True, width="stretch",
                      column_config={"hits": st.column_config.NumberColumn(format="%d"),
+                                    "context": st.column_config.TextColumn(
+                                        help="A digest of the rest of the request: model, "
+                                             "system prompt, earlier turns, sampling, "
+                                             "document collection. The same question "
+                                             "asked in another context is another entry."),
                                     "question": st.column_config.TextColumn(width="large")})
         _delete_one(ctx, namespace, entries)
     _clear(ctx, namespace, counts.get(namespace, 0))

@@ -18,11 +18,10 @@ from typing import Any
 
 import streamlit as st
 
-from reprise.ui import context
+from reprise.ui import context, welcome
 from reprise.ui.client import HIT_TIERS, ChatResult, GatewayError, GatewayUnavailable
 from reprise.ui.format import badge_markdown, lookup_caption
 from reprise.ui.messages import explain
-from reprise.ui import welcome
 
 TURNS_KEY = "chat_turns"
 PENDING_KEY = "chat_pending"

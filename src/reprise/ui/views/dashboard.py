@@ -57,7 +57,9 @@ def _body(ctx: context.UIContext) -> None:
                 " server does not when streaming).")
     st.caption(f"{summary.requests} chat requests since the gateway started ({scope})."
                + note)
-    a, b, c, d, e, f = st.columns(6)
+    # Two rows of three: six in one row cut values such as "$0.000016" to "$0.000…".
+    a, b, c = st.columns(3)
+    d, e, f = st.columns(3)
     a.metric("Hit rate", f"{summary.hit_rate:.0%}",
              help=f"exact {summary.by_tier['exact']}, semantic {summary.by_tier['semantic']},"
                   f" miss {summary.by_tier['miss']}, bypass {summary.by_tier['bypass']}")
