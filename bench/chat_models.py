@@ -13,9 +13,11 @@ distractor, exactly as the gateway's RAG prompt does). Rubric, one point each (4
 4. finished: a fact answer ended by itself within the cap (``finish_reason`` stop); an
    answer from documents cites a source as ``[n]``.
 
-Writes bench/results/chat_models.md with the table and every answer (for a human to read).
+Writes bench/results/chat_models.md with the table and every answer (for a human to read);
+each candidate's answers are kept in bench/results/.chat_models/ so candidates can run as
+separate processes (``--only``) and ``--report`` rebuilds the table from them.
 
-    python bench/chat_models.py [--only NAME ...]
+    python bench/chat_models.py [--only NAME ...] [--report]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -91,7 +94,9 @@ class Candidate:
     fold_system: bool = False  # the template drops system messages: put them in the user turn
 
 
-BASELINE = {"max_tokens": 256}  # llama.cpp's server defaults otherwise (temp 0.8, rp 1.1)
+# The bench caps every candidate at the same 200 tokens (as shipped there was no cap at all);
+# "as shipped" otherwise keeps llama.cpp's server defaults (temperature 0.8, repeat 1.1).
+BASELINE = {"max_tokens": 200}
 TUNED = {"max_tokens": 200, "temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.25,
          "seed": 7}
 CANDIDATES = [
@@ -219,59 +224,108 @@ def summary_row(c: Candidate, load: float, answers: list[Answer]) -> str:
     per_answer = statistics.median(a.total for a in answers)
     loops = sum(1 for a in answers if not a.points["clean"])
     cut = sum(1 for a in answers if a.finish == "length")
+    tokens = statistics.median(a.tokens for a in answers)
     return (f"| {c.name} | {c.package} | **{total}/{4 * len(answers)}** | "
             + " | ".join(f"{by_lang[k]}/{per_lang_max}" for k in ("en", "pt", "zh"))
-            + f" | {loops} | {cut} | {ttft:.2f} | {rate:.1f} | {per_answer:.1f} | {load:.0f} |")
+            + f" | {loops} | {cut} | {tokens:.0f} | {ttft:.2f} | {rate:.1f} | "
+              f"{per_answer:.1f} | {load:.0f} |")
+
+
+def details(c: Candidate, answers: list[Answer]) -> list[str]:
+    out = [f"\n### {c.name}\n\nsampling: `{orjson.dumps(c.sampling).decode()}`, "
+           f"language-matched system prompts: {c.system_prompts}\n\n"
+           "| q | score | finish | tokens | answer |\n| --- | --- | --- | ---: | --- |"]
+    for a in answers:
+        lost = ", ".join(k for k, ok in a.points.items() if not ok) or "—"
+        text = a.text.strip().replace("\n", " ").replace("|", "\\|")
+        out.append(f"| {a.q.text} | {a.score} (lost: {lost}) | {a.finish} | {a.tokens} | "
+                   f"{text[:400]}{'…' if len(text) > 400 else ''} |")
+    return out
+
+
+def saved_path(c: Candidate) -> Path:
+    return RESULTS / ".chat_models" / (re.sub(r"\W+", "_", c.name).strip("_") + ".json")
+
+
+def save(c: Candidate, load: float, answers: list[Answer]) -> None:
+    """One candidate's answers, so candidates can run as separate processes."""
+    path = saved_path(c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"q": a.q.text, "text": a.text, "ttft": a.ttft, "total": a.total,
+             "tokens": a.tokens, "finish": a.finish} for a in answers]
+    path.write_bytes(orjson.dumps({"load": load, "answers": rows}))
+
+
+def restore(c: Candidate, questions: list[Question]) -> tuple[float, list[Answer]] | None:
+    path = saved_path(c)
+    if not path.exists():
+        return None
+    data = orjson.loads(path.read_bytes())
+    by_text = {q.text: q for q in questions}
+    answers = []
+    for row in data["answers"]:
+        a = Answer(by_text[row["q"]], row["text"], row["ttft"], row["total"], row["tokens"],
+                   row["finish"])
+        score(a)  # the rubric is applied again, so a changed rubric needs no re-run
+        answers.append(a)
+    return float(data["load"]), answers
+
+
+def report(questions: list[Question]) -> None:
+    rows, more = [], []
+    for c in CANDIDATES:
+        got = restore(c, questions)
+        if got is None:
+            rows.append(f"| {c.name} | {c.package} | not run | | | | | | | | | | |")
+            continue
+        rows.append(summary_row(c, *got))
+        more += details(c, got[1])
+    head = ("| candidate | package | score | en | pt | zh | loops/mojibake | cut at cap | "
+            "tokens p50 | TTFT p50 s | tokens/s | answer p50 s | load s |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+            "---: | ---: |")
+    text = "\n".join([
+        "# Embedded model: which small model answers pt/zh/en best (bench/chat_models.py)",
+        "",
+        f"Machine: 2 cores, CPython {platform.python_version()}, llama-cpp-python's server "
+        "with 2 threads, n_ctx 2048. **The machine was shared with other engineers' jobs "
+        "(load average 5–17 on 2 cores) and the candidates ran at the same time, so the "
+        "speed columns are far below what an idle 2-core machine gives; compare the scores, "
+        "not the speeds.** "
+        f"Report: {time.strftime('%Y-%m-%d %H:%M')}. 15 questions (4 facts + 1 from a "
+        "document per language); rubric in the script's docstring: 4 points per answer.",
+        "", head, *rows, "", "## Every answer", *more, ""])
+    out = RESULTS / "chat_models.md"
+    out.write_text(text, encoding="utf-8")
+    print(text.split("## Every answer")[0])
+    print(f"written to {out}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only the candidates whose name contains one of these")
+    parser.add_argument("--report", action="store_true",
+                        help="only write the table from the candidates' saved answers")
     args = parser.parse_args()
     if not DOCS.is_dir():
         print(f"skipped: {DOCS} (shared/data) is absent")
         return
     questions = [*FACTS, *GROUNDED]
-    log_dir = RESULTS / ".." / ".." / "data" / "bench-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    rows, details = [], []
-    for c in CANDIDATES:
-        if args.only and not any(o in c.name for o in args.only):
-            continue
-        try:
-            find_gguf(c.gguf)
-        except FileNotFoundError as exc:
-            rows.append(f"| {c.name} | {c.package} | not installed: {exc} |")
-            continue
-        load, answers = run(c, questions, log_dir)
-        rows.append(summary_row(c, load, answers))
-        print(rows[-1], flush=True)
-        details.append(f"\n### {c.name}\n\nsampling: `{orjson.dumps(c.sampling).decode()}`, "
-                       f"language-matched system prompts: {c.system_prompts}\n\n"
-                       "| q | score | finish | answer |\n| --- | --- | --- | --- |")
-        for a in answers:
-            lost = ", ".join(k for k, ok in a.points.items() if not ok) or "—"
-            text = a.text.strip().replace("\n", " ").replace("|", "\\|")
-            details.append(f"| {a.q.text} | {a.score} (lost: {lost}) | {a.finish} | "
-                           f"{text[:400]}{'…' if len(text) > 400 else ''} |")
-    head = ("| candidate | package | score | en | pt | zh | loops/mojibake | cut at cap | "
-            "TTFT p50 s | tokens/s | answer p50 s | load s |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-            "---: |")
-    text = "\n".join([
-        "# Embedded model: which small model answers pt/zh/en best (bench/chat_models.py)",
-        "",
-        f"Machine: 2 cores (shared with other engineers' jobs while this ran), CPython "
-        f"{platform.python_version()}, llama-cpp-python server with 2 threads, n_ctx 2048. "
-        f"Run: {time.strftime('%Y-%m-%d %H:%M')}. 15 questions (4 facts + 1 from a document "
-        "per language); rubric in the script's docstring: 4 points per answer.",
-        "", head, *rows, "", "## Every answer", *details, ""])
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "chat_models.md"
-    if args.only and out.exists():
-        out = RESULTS / "chat_models.partial.md"
-    out.write_text(text, encoding="utf-8")
-    print(f"\nwritten to {out}")
+    if not args.report:
+        log_dir = Path(tempfile.mkdtemp(prefix="reprise-chat-models-"))
+        for c in CANDIDATES:
+            if args.only and not any(o in c.name for o in args.only):
+                continue
+            try:
+                find_gguf(c.gguf)
+            except FileNotFoundError as exc:
+                print(f"{c.name}: not installed: {exc}")
+                continue
+            load, answers = run(c, questions, log_dir)
+            save(c, load, answers)
+            print(summary_row(c, load, answers), flush=True)
+    report(questions)
 
 
 if __name__ == "__main__":

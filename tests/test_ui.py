@@ -498,3 +498,19 @@ def test_cache_rows_of_one_question_say_how_they_differ(gateway: Any) -> None:
     assert len(rows) == 2 and rows["context"].nunique() == 2
     assert all(len(c) == 8 for c in rows["context"])
     assert {"prompt tokens", "answer tokens"} <= set(df.columns)
+
+
+def test_miss_explanations_read_as_sentences() -> None:
+    from reprise.ui.format import lookup_caption
+
+    assert lookup_caption({"stage": "empty", "hit": False,
+                           "reason": "no stored question in this partition yet"}) == (
+        "Semantic cache: nothing comparable asked before (same model, system prompt and "
+        "conversation)")
+    caption = lookup_caption({"stage": "verifier", "hit": False, "similarity": 0.727,
+                              "nearest": "什么是光合作用？",
+                              "reason": "verifier 0.05 < cutoff 0.83: judged a different "
+                                        "question"})
+    assert caption == ("closest: “什么是光合作用？” 0.73 — verifier 0.05 < cutoff 0.83: "
+                       "judged a different question")
+    assert lookup_caption(None) is None

@@ -75,7 +75,12 @@ def lookup_caption(lookup: dict[str, Any] | None) -> str | None:
         return None
     stage, reason = lookup.get("stage"), str(lookup.get("reason") or "")
     nearest, sim = lookup.get("nearest"), lookup.get("similarity")
-    if stage in ("empty", "ineligible") or not nearest:
+    if stage == "empty":
+        # The gateway's words ("partition") are for operators; a user needs to know that
+        # nothing comparable was asked before.
+        return ("Semantic cache: nothing comparable asked before (same model, system "
+                "prompt and conversation)")
+    if stage == "ineligible" or not nearest:
         return f"Semantic cache: {reason}" if reason else None
     shown = nearest if len(nearest) <= 90 else nearest[:87] + "…"
     head = "served from" if lookup.get("hit") else "closest"
