@@ -385,7 +385,10 @@ def test_capped_answer_says_where_it_was_cut(fake_upstream: Any, use_embedder: A
                          model_defaults={"fake-model": {"max_tokens": 3}}) as (base, _):
         monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
         at = app()
+        assert any("is a gateway in front" in str(m.value) for m in at.markdown)
         ask(at, f"Tell me everything about the sea {uuid.uuid4().hex[:6]}")
+        # The first typed question hides the first-run panel in the same run.
+        assert not any("is a gateway in front" in str(m.value) for m in at.markdown)
         assert "cut at 3 tokens" in badges(at)[0]
         assert any("token cap" in c.value for c in at.caption)
 

@@ -60,9 +60,10 @@ def render(ctx: context.UIContext, ask: Callable[[str], None]) -> None:
         "comes back from its cache in milliseconds instead of seconds. It can also answer "
         "from your documents and cite them.")
     if model:
-        st.caption(f"Model in use: **{model}** — the small model embedded for a first try "
-                   "(short answers, a few seconds each on a laptop); point "
-                   "`REPRISE_UPSTREAM_URL` at any OpenAI-compatible server for a larger one.")
+        st.caption(f"Model in use: **{model}**. With `make run` it is a small model "
+                   "embedded for a first try (short answers, a few seconds each on a laptop); "
+                   "point `REPRISE_UPSTREAM_URL` at any OpenAI-compatible server for a "
+                   "larger one.")
     examples(ask, expanded=True)
     with st.expander("What the words mean", icon=":material/help:"):
         st.markdown(TERMS)

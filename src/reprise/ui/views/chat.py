@@ -224,15 +224,17 @@ def render() -> None:
     collection = None if choice == NO_COLLECTION else choice
 
     pending: Turn | None = st.session_state.pop(PENDING_KEY, None)
+    # Read before drawing the conversation (the input is pinned to the bottom anyway), so a
+    # first typed question already hides the first-run panel.
+    question = st.chat_input("Ask a question (ask it twice to see a cache hit)")
+    if question and question.strip():
+        pending = Turn(question.strip(), collection, bypass=False)
     if not _turns() and pending is None:
         welcome.render(ctx, _ask_example)
     else:
         welcome.examples(_ask_example, expanded=False)
     for turn in _turns():
         _show(turn, ctx)
-    question = st.chat_input("Ask a question (ask it twice to see a cache hit)")
-    if question and question.strip():
-        pending = Turn(question.strip(), collection, bypass=False)
     if pending is not None:
         _run(pending, ctx)
 
