@@ -300,3 +300,28 @@ def test_documents_live_in_redis_when_the_store_is_redis(fake_upstream: Any, tmp
         assert client.delete(f"/v1/collections/law/documents/{doc_id}").status_code == 200
         assert client.post("/v1/collections/law/search",
                            json={"query": "敏感个人信息", "k": 3}).json()["data"] == []
+
+
+@pytest.mark.parametrize("name", ["públicos", "合同", "Verträge-2024", "e\u0301tudes"])
+def test_collection_names_in_any_alphabet(gw: Any, name: str) -> None:
+    """Letters of any alphabet are letters; a decomposed accent is stored composed (NFC)."""
+    import unicodedata
+
+    client, _, _ = gw
+    r = client.post("/v1/collections", json={"name": name})
+    assert r.status_code == 201, r.text
+    stored = unicodedata.normalize("NFC", name)
+    assert r.json()["name"] == stored
+    assert any(c["name"] == stored for c in client.get("/v1/collections").json()["data"])
+    upload(client, stored, [("a.txt", "algum texto sobre contratos públicos".encode())])
+    assert client.delete(f"/v1/collections/{stored}").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["", "-x", "_x", "a b", "a/b", "x" * 65, "dois!"])
+def test_bad_collection_names_get_the_rule(gw: Any, name: str) -> None:
+    from reprise.rag import names
+
+    client, _, _ = gw
+    r = client.post("/v1/collections", json={"name": name})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == f"a collection name must be {names.RULE}"

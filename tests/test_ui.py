@@ -71,7 +71,8 @@ def ask(at: AppTest, question: str) -> AppTest:
 
 
 def badges(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown if "latency" in str(m.value)]
+    return [m.value for m in at.markdown
+            if "first token" in str(m.value) or "latency" in str(m.value)]
 
 
 def answers(at: AppTest) -> list[str]:
@@ -223,6 +224,10 @@ def test_upload_refused_is_explained(gateway: Any) -> None:
     assert any("Upload refused" in e.value and "does not exist" in e.value for e in at.error)
 
 
+def entry_count(at: AppTest) -> int:
+    return int(next(m for m in at.metric if m.label == "Entries").value)
+
+
 def test_cache_page_lists_searches_deletes_and_clears(gateway: Any) -> None:
     base, _ = gateway
     ns = f"ui{uuid.uuid4().hex[:10]}"
@@ -247,12 +252,17 @@ def test_cache_page_lists_searches_deletes_and_clears(gateway: Any) -> None:
     at.text_input(key="cache_query").input("vaccines").run()
     assert list(at.dataframe[0].value["question"]) == ["How do vaccines work?"]
     entries = httpx.get(f"{base}/admin/cache", params={"namespace": ns, "q": "vaccines"}).json()
-    at.selectbox(key="cache_delete_choice").set_value(entries["data"][0]["key"]).run()
+    assert entry_count(at) == 3
+    at.selectbox(key="cache_delete_choice_0").set_value(entries["data"][0]["key"]).run()
     at.button(key="cache_delete").click().run()
     assert_no_exception(at)
     assert any("Deleted the entry" in s.value for s in at.success)
+    # Every box on the page follows at once: the namespace count, the delete choices.
+    assert entry_count(at) == 2
     at.text_input(key="cache_query").input("").run()
     assert len(at.dataframe[0].value) == 2
+    box = at.selectbox(key="cache_delete_choice_1")
+    assert box.value is None and not any("vaccines" in o for o in box.options)
 
     at.checkbox(key="cache_confirm_clear").check().run()
     at.button(key="cache_clear").click().run()
@@ -347,3 +357,166 @@ def test_api_keys_missing_key_is_explained_and_user_key_is_limited(
         assert_no_exception(at)
         assert any("admin key" in e.value for e in at.error)
         assert len(at.dataframe[0].value) == 1  # nothing was cleared
+
+
+def test_first_run_page_and_its_examples_show_miss_exact_and_semantic(gateway: Any) -> None:
+    """The empty chat says what Reprise is and which model answers; each example question
+    then gives a miss, asked again an exact hit, and its paraphrase a semantic hit."""
+    from reprise.ui.welcome import EXAMPLES
+
+    at = app()
+    intro = page_text(at)
+    assert "Reprise" in intro and "gateway" in intro
+    assert any("Model in use: **fake-model**" in c.value for c in at.caption)
+    assert any("What the words mean" in e.label for e in at.expander)
+    for i, (_lang, question, paraphrase) in enumerate(EXAMPLES):
+        at.button(key=f"example_q_{i}").click().run()
+        assert_no_exception(at)
+        assert "miss" in badges(at)[-1], question
+        at.button(key=f"example_q_{i}").click().run()
+        assert "exact hit" in badges(at)[-1], question
+        at.button(key=f"example_p_{i}").click().run()
+        assert "semantic hit" in badges(at)[-1], (question, paraphrase, at.caption)
+    assert not any("What the words mean" in e.label for e in at.expander)
+
+
+def test_capped_answer_says_where_it_was_cut(fake_upstream: Any, use_embedder: Any,
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = fake_upstream
+    with running_gateway(url, tmp_path, store="memory",
+                         model_defaults={"fake-model": {"max_tokens": 3}}) as (base, _):
+        monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+        at = app()
+        assert any("is a gateway in front" in str(m.value) for m in at.markdown)
+        ask(at, f"Tell me everything about the sea {uuid.uuid4().hex[:6]}")
+        # The first typed question hides the first-run panel in the same run.
+        assert not any("is a gateway in front" in str(m.value) for m in at.markdown)
+        assert "cut at 3 tokens" in badges(at)[0]
+        assert any("token cap" in c.value for c in at.caption)
+
+
+def test_question_too_long_for_the_model_is_refused_clearly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 400 the model gives (here the test model with a 50-token context, which closes a
+    stream it cannot take, as llama.cpp's server does) reaches the page before any answer;
+    the giant question is folded and no "ask again" is offered."""
+    from reprise.testing.upstream import FakeUpstreamState, start_fake_upstream
+
+    server, _ = start_fake_upstream(FakeUpstreamState(context_tokens=50))
+    try:
+        with running_gateway(server.url + "/v1", tmp_path, store="memory") as (base, _):
+            monkeypatch.setenv("REPRISE_GATEWAY_URL", base)
+            at = app()
+            question = "Why is the sea blue? " * 400
+            ask(at, question)
+            assert any("refused this question" in e.value
+                       and "maximum context length is 50 tokens" in e.value for e in at.error)
+            assert not any(str(b.key).startswith("bypass_") for b in at.button)
+            shown = [m.value for m in at.markdown if "Why is the sea blue?" in str(m.value)]
+            assert shown and all(len(v) < 1000 for v in shown)
+            assert any(f"({len(question.strip()):,} characters)" in v for v in shown)
+            assert any(e.label == "Show the whole question" for e in at.expander)
+    finally:
+        server.stop()
+
+
+def test_collection_names_in_any_alphabet_and_a_refused_name_is_kept(gateway: Any) -> None:
+    from reprise.rag import names
+
+    at = app()
+    at.switch_page("views/documents.py").run()
+    assert any(names.RULE in c.value for c in at.caption)  # the rule, before any submit
+    create_collection(at, "públicos")
+    create_collection(at, "合同")
+    at.text_input(key="docs_new_name").input("contratos 2024!")
+    next(b for b in at.button if b.label == "Create").click().run()
+    assert_no_exception(at)
+    assert any("not a valid collection name" in e.value and names.RULE in e.value
+               for e in at.error)
+    assert at.text_input(key="docs_new_name").value == "contratos 2024!"
+
+
+def test_upload_lines_read_well() -> None:
+    """One page is "1 page"; a failed file names itself once and shows no error code; the
+    picker's unsupported files are named (the button refuses while they are chosen)."""
+    done = {"filename": "a.md", "state": "done", "pages": 1, "chunks": 3}
+    assert documents._file_line(done) == "a.md: done (1 page, 3 chunks)"
+    empty = {"filename": "empty.md", "state": "failed",
+             "error": {"code": "empty", "message": "empty.md is empty"}}
+    assert documents.file_error(empty) == "empty.md is empty"
+    exe = {"filename": "setup.pdf", "state": "failed",
+           "error": {"code": "unsupported", "message": "an executable, not a document"}}
+    assert documents.file_error(exe) == "setup.pdf: an executable, not a document"
+    assert documents.rejected_files(["a.pdf", "setup.exe", "notes.MD", "README"]) == [
+        "setup.exe", "README"]
+
+
+def test_dashboard_counts_failed_requests_once_whatever_the_path(gateway: Any) -> None:
+    """A failure of the model server is one failed request on the dashboard, streamed (the
+    chat page) or not (an app), and the same number as the model server's errors."""
+    base, _ = gateway
+    ns = f"ui{uuid.uuid4().hex[:10]}"
+    at = app(ns)
+    ask(at, f"please [fail:503] {uuid.uuid4().hex[:6]}")
+    r = httpx.post(f"{base}/v1/chat/completions", headers={"X-Reprise-Namespace": ns},
+                   json={"model": "fake-model", "messages": [
+                       {"role": "user", "content": f"[fail:503] {uuid.uuid4().hex[:6]}"}]})
+    assert r.status_code == 502
+    at.switch_page("views/dashboard.py").run()
+    assert_no_exception(at)
+    failed = next(m for m in at.metric if m.label == "Failed requests")
+    events = httpx.get(f"{base}/admin/events", params={"all": "true"}).json()["data"]
+    assert int(failed.value) == sum(1 for e in events if e["status"] >= 400) >= 2
+    assert len(at.get("image")) == 3  # hit rate, latency, failed requests by status
+
+
+def test_charts_count_whole_requests_in_one_style() -> None:
+    from reprise.ui import charts
+
+    events = [{"ts": 1000.0 + i, "tier": "exact" if i % 2 else "miss",
+               "latency_ms": 5.0 + i, "saved_tokens": 10, "status": 200} for i in range(3)]
+    figures = [charts.hit_rate_figure(events), charts.latency_figure(events),
+               charts.savings_figure(events, 0.001), charts.errors_figure({"502": 1})]
+    assert {tuple(f.get_size_inches()) for f in figures[:3]} == {charts.WIDE}
+    for fig in figures[1:]:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        ticks = ax.get_xticks() if fig is figures[3] else ax.get_yticks()
+        assert all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_cache_rows_of_one_question_say_how_they_differ(gateway: Any) -> None:
+    base, _ = gateway
+    ns = f"ui{uuid.uuid4().hex[:10]}"
+    q = "Why is the sky blue?"
+    with httpx.Client(base_url=base, headers={"X-Reprise-Namespace": ns}, timeout=60) as c:
+        for messages in ([{"role": "user", "content": q}],
+                         [{"role": "system", "content": "Answer like a pirate."},
+                          {"role": "user", "content": q}]):
+            r = c.post("/v1/chat/completions", json={"model": "default", "messages": messages})
+            assert r.status_code == 200
+    at = app(ns)
+    at.switch_page("views/cache.py").run()
+    assert_no_exception(at)
+    df = at.dataframe[0].value
+    rows = df[df["question"] == q]
+    assert len(rows) == 2 and rows["context"].nunique() == 2
+    assert all(len(c) == 8 for c in rows["context"])
+    assert {"prompt tokens", "answer tokens"} <= set(df.columns)
+
+
+def test_miss_explanations_read_as_sentences() -> None:
+    from reprise.ui.format import lookup_caption
+
+    assert lookup_caption({"stage": "empty", "hit": False,
+                           "reason": "no stored question in this partition yet"}) == (
+        "Semantic cache: nothing comparable asked before (same model, system prompt and "
+        "conversation)")
+    caption = lookup_caption({"stage": "verifier", "hit": False, "similarity": 0.727,
+                              "nearest": "什么是光合作用？",
+                              "reason": "verifier 0.05 < cutoff 0.83: judged a different "
+                                        "question"})
+    assert caption == ("closest: “什么是光合作用？” 0.73 — verifier 0.05 < cutoff 0.83: "
+                       "judged a different question")
+    assert lookup_caption(None) is None

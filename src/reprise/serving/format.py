@@ -125,8 +125,14 @@ def estimate_usage(body: dict[str, Any], completion: dict[str, Any]) -> dict[str
             fn = call.get("function") or {}
             prompt += count_tokens(f"{fn.get('name', '')} {fn.get('arguments', '')}")
     answer = 0
+    cap = body.get("max_tokens") or body.get("max_completion_tokens")
     for ch in completion.get("choices") or []:
         msg = ch.get("message") or {}
+        if ch.get("finish_reason") == "length" and isinstance(cap, int) and cap > 0:
+            # Cut by the cap: the model wrote exactly that many tokens (the UI shows
+            # "cut at N tokens", so N must be the real cap, not an estimate near it).
+            answer += cap
+            continue
         parts = [msg.get("content"), msg.get("reasoning_content"), msg.get("refusal")]
         parts += [f"{c['function']['name']} {c['function']['arguments']}"
                   for c in msg.get("tool_calls") or []]

@@ -7,7 +7,8 @@ llama.cpp server. Controls, by magic words in the last user message:
 ``[fail:503]`` answer that status; ``[cut]`` close the stream mid-answer (no [DONE]);
 ``[tools]`` answer with a tool call; ``[slow:0.5]`` take that many seconds;
 ``[hang]`` never answer (for timeouts); ``[empty]`` answer with empty content;
-``[drip:0.2]`` wait that long between streamed chunks.
+``[drip:0.2]`` wait that long between streamed chunks. ``max_tokens`` cuts the answer to
+that many words (``finish_reason: "length"``).
 Otherwise the answer is "Answer #N to: <question>" where N counts upstream calls, so a test
 can tell a cached answer (same N) from a fresh one.
 """
@@ -47,6 +48,9 @@ class FakeUpstreamState:
     # False: like llama.cpp's server, never send usage on a stream, even when asked for it.
     stream_usage: bool = True
     cut_streams: bool = False  # every stream is cut mid-answer, as by a server that died
+    # Like llama-cpp-python's server: a prompt of more words than this is refused with 400
+    # when not streamed, and a stream of it is accepted (200) and closed with no event.
+    context_tokens: int | None = None
 
 
 def _last_user(body: dict[str, Any]) -> str:
@@ -85,13 +89,30 @@ def build_app(state: FakeUpstreamState) -> Starlette:
         model = body.get("model", "fake-model")
         tools = "[tools]" in q
         answer = "" if ("[empty]" in q or tools) else f"Answer #{n} to: {q}"
+        finish = "tool_calls" if tools else "stop"
+        cap = body.get("max_tokens") or body.get("max_completion_tokens")
+        if cap and len(answer.split()) > int(cap):
+            answer, finish = " ".join(answer.split()[:int(cap)]), "length"
         usage = _usage(state, q, answer)
+        prompt_words = sum(len(str(m.get("content") or "").split())
+                           for m in body.get("messages") or [])
+        if state.context_tokens is not None and prompt_words > state.context_tokens:
+            if body.get("stream"):
+                async def nothing() -> AsyncIterator[bytes]:
+                    return
+                    yield b""
+
+                return StreamingResponse(nothing(), media_type="text/event-stream")
+            message = (f"This model's maximum context length is {state.context_tokens} "
+                       f"tokens. However, you requested {prompt_words} tokens.")
+            return Response(orjson.dumps({"error": {"message": message,
+                                                    "type": "invalid_request_error"}}),
+                            status_code=400, media_type="application/json")
         cid, created = f"chatcmpl-fake{n}", int(time.time())
         tool_calls: list[dict[str, Any]] | None = [{
             "id": f"call_{n}", "type": "function",
             "function": {"name": "get_weather", "arguments": '{"city": "Lisboa"}'},
         }] if tools else None
-        finish = "tool_calls" if tools else "stop"
         if not body.get("stream"):
             await asyncio.sleep(delay)
             msg: dict[str, Any] = {"role": "assistant", "content": answer or None}

@@ -14,12 +14,39 @@ from typing import Any
 import numpy as np
 from matplotlib import dates
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from reprise.ui.format import TIER_COLORS
 
 TIERS = ("exact", "semantic", "miss", "bypass")
 _BUCKETS = (10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
 MAX_BUCKETS = 40
+# Every plot is drawn full width (about 1,000 px in the wide layout) at this size, so
+# Streamlit shows it near 1:1 and its text at the size of the page's own (~13 px): a
+# figure wider than its column is shrunk, text and all.
+WIDE = (10.0, 3.0)
+FONT = {"font.size": 11.0, "axes.titlesize": 12.0, "axes.labelsize": 11.0}
+
+
+def _figure(height: float = WIDE[1]) -> Figure:
+    """One style for every plot: same size, fonts, frame and grid."""
+    fig = Figure(figsize=(WIDE[0], height), layout="constrained")
+    ax = fig.add_subplot()
+    ax.tick_params(labelsize=FONT["font.size"])
+    ax.title.set_fontsize(FONT["axes.titlesize"])
+    ax.xaxis.label.set_fontsize(FONT["axes.labelsize"])
+    ax.yaxis.label.set_fontsize(FONT["axes.labelsize"])
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return fig
+
+
+def _empty(fig: Figure, text: str = "no requests yet") -> Figure:
+    ax = fig.axes[0]
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12)
+    ax.set_axis_off()
+    return fig
 
 
 @dataclass(frozen=True)
@@ -32,6 +59,7 @@ class Summary:
     p50_hit_ms: float | None
     p50_miss_ms: float | None
     errors: int  # answered with an error status
+    errors_by_status: dict[str, int]
 
 
 def summarize(events: Sequence[dict[str, Any]]) -> Summary:
@@ -49,7 +77,17 @@ def summarize(events: Sequence[dict[str, Any]]) -> Summary:
         p50_hit_ms=float(np.median(hit_lat)) if hit_lat else None,
         p50_miss_ms=float(np.median(miss_lat)) if miss_lat else None,
         errors=sum(1 for e in events if int(e.get("status") or 200) >= 400),
+        errors_by_status=_by_status(events),
     )
+
+
+def _by_status(events: Sequence[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in events:
+        status = int(e.get("status") or 200)
+        if status >= 400:
+            out[str(status)] = out.get(str(status), 0) + 1
+    return out
 
 
 def bucket_seconds(span: float) -> int:
@@ -78,12 +116,10 @@ def tier_shares(events: Sequence[dict[str, Any]]) -> tuple[list[float], dict[str
 def hit_rate_figure(events: Sequence[dict[str, Any]]) -> Figure:
     """Share of requests per cache tier in each time bucket (stacked to 100 %)."""
     starts, counts, size = tier_shares(events)
-    fig = Figure(figsize=(7.5, 3.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig = _figure()
+    ax = fig.axes[0]
     if not starts:
-        ax.text(0.5, 0.5, "no requests yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return fig
+        return _empty(fig)
     totals = np.sum([counts[t] for t in counts], axis=0)
     x = np.arange(len(starts))
     bottom = np.zeros(len(starts))
@@ -106,16 +142,14 @@ def hit_rate_figure(events: Sequence[dict[str, Any]]) -> Figure:
 
 def latency_figure(events: Sequence[dict[str, Any]]) -> Figure:
     """Latency histograms of hits and of misses on a log scale, medians marked."""
-    fig = Figure(figsize=(7.5, 3.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig = _figure()
+    ax = fig.axes[0]
     groups = {"hit": [e["latency_ms"] for e in events if e["tier"] in ("exact", "semantic")],
               "miss": [e["latency_ms"] for e in events if e["tier"] not in ("exact",
                                                                           "semantic")]}
     values = [v for vs in groups.values() for v in vs if v > 0]
     if not values:
-        ax.text(0.5, 0.5, "no requests yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return fig
+        return _empty(fig)
     lo, hi = max(min(values), 0.05), max(values)
     bins = np.logspace(np.log10(lo * 0.8), np.log10(hi * 1.25), 40).tolist()
     colors = {"hit": TIER_COLORS["exact"], "miss": TIER_COLORS["miss"]}
@@ -126,8 +160,9 @@ def latency_figure(events: Sequence[dict[str, Any]]) -> Figure:
                     label=f"{name} (n={len(vs)}, median {med:.1f} ms)")
             ax.axvline(med, color=colors[name], linestyle="--", linewidth=1)
     ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_xlabel("latency at the gateway (ms, log scale)")
     ax.set_ylabel("requests")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole requests
     ax.set_title("Latency: cache hits vs misses")
     ax.legend(frameon=False)
     return fig
@@ -135,13 +170,11 @@ def latency_figure(events: Sequence[dict[str, Any]]) -> Figure:
 
 def savings_figure(events: Sequence[dict[str, Any]], cost_per_token: float) -> Figure:
     """Tokens served from the cache, cumulative over time, with their estimated cost."""
-    fig = Figure(figsize=(7.5, 2.8), layout="constrained")
-    ax = fig.add_subplot()
+    fig = _figure()
+    ax = fig.axes[0]
     rows = sorted((float(e["ts"]), int(e.get("saved_tokens") or 0)) for e in events)
     if not rows:
-        ax.text(0.5, 0.5, "no requests yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return fig
+        return _empty(fig)
     times = dates.date2num([datetime.fromtimestamp(t) for t, _ in rows])
     total = np.cumsum([n for _, n in rows])
     ax.step(times, total, where="post", color=TIER_COLORS["exact"])
@@ -151,6 +184,7 @@ def savings_figure(events: Sequence[dict[str, Any]], cost_per_token: float) -> F
     ax.xaxis.set_major_formatter(dates.DateFormatter("%H:%M:%S" if span < 600 else "%H:%M"))
     ax.set_ylabel("tokens saved")
     ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if cost_per_token > 0:
         def to_cost(tokens: Any) -> Any:
             return tokens * cost_per_token
@@ -162,4 +196,21 @@ def savings_figure(events: Sequence[dict[str, Any]], cost_per_token: float) -> F
         money_ax.yaxis.set_major_formatter(lambda v, _: f"${v:.2g}")
         money_ax.set_ylabel("≈ cost saved")
     ax.set_title("Tokens served from the cache (cumulative)")
+    return fig
+
+
+def errors_figure(by_status: dict[str, int]) -> Figure:
+    """Failed requests by HTTP status, as horizontal bars (whole counts)."""
+    fig = _figure(height=max(1.6, 0.5 + 0.45 * len(by_status)))
+    ax = fig.axes[0]
+    if not by_status:
+        return _empty(fig, "no failed requests")
+    rows = sorted(by_status.items())
+    ax.barh([f"HTTP {s}" for s, _ in rows], [n for _, n in rows], color=TIER_COLORS["miss"],
+            height=0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(axis="x", alpha=0.3)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("requests")
+    ax.set_title("Failed requests by status")
     return fig

@@ -57,7 +57,11 @@ class ChatResult:
     usage: dict[str, Any] | None = None
     latency_ms: float = 0.0  # request sent → last byte
     first_token_ms: float | None = None
+    finish_reason: str | None = None  # "length": the answer was cut at its token cap
     error: str | None = None
+    # The gateway refused the question itself (4xx before any answer, e.g. too long for the
+    # model's context): asking it again cannot help, so the page offers no retry.
+    refused: bool = False
 
     @property
     def hit(self) -> bool:
@@ -74,6 +78,14 @@ class ChatResult:
         streaming): the gateway's own count (usage marked ``estimated``) or, from an older
         gateway with no usage at all, an estimate from the text."""
         return not self._counted or bool((self.usage or {}).get("estimated"))
+
+    @property
+    def completion_tokens(self) -> int:
+        return int((self.usage or {}).get("completion_tokens") or 0)
+
+    @property
+    def cut(self) -> bool:
+        return self.finish_reason == "length"
 
     @property
     def tokens(self) -> int:
@@ -134,6 +146,8 @@ class ChatStream:
             r.citations = chunk["citations"]
         if chunk.get("usage"):
             r.usage = chunk["usage"]
+        for ch in chunk.get("choices") or []:
+            r.finish_reason = ch.get("finish_reason") or r.finish_reason
         return "".join((ch.get("delta") or {}).get("content") or ""
                        for ch in chunk.get("choices") or [])
 
@@ -215,6 +229,10 @@ class GatewayClient:
                 if sample.name == name:
                     out.append((dict(sample.labels), float(sample.value)))
         return out
+
+    def models(self) -> list[str]:
+        """Model names the gateway serves, its default (``upstream_model``) first."""
+        return [str(m["id"]) for m in self._request("GET", "/v1/models")["data"]]
 
     # -- chat ----------------------------------------------------------------------------------
     def chat_stream(self, messages: list[dict[str, Any]], *, collection: str | None = None,

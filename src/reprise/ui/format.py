@@ -46,7 +46,17 @@ def badge_markdown(result: ChatResult, cost_per_token: float) -> str:
     parts = [_BADGE.get(result.tier, f":gray-badge[{result.tier}]")]
     if result.tier == "semantic" and result.similarity is not None:
         parts.append(f"similarity **{result.similarity:.3f}**")
-    parts.append(f"latency **{duration(result.latency_ms)}**")
+    if result.first_token_ms is not None:
+        # Time to the first token as the gateway delivered it; the page's own drawing of a
+        # long answer is not the gateway's time (the dashboard measures the same thing).
+        parts.append(f"first token **{duration(result.first_token_ms)}**")
+        if not result.hit:
+            parts.append(f"whole answer {duration(result.latency_ms)}")
+    else:
+        parts.append(f"latency **{duration(result.latency_ms)}**")
+    if result.cut:
+        n = result.completion_tokens
+        parts.append(f":orange[cut at {n} tokens]" if n else ":orange[cut at the token cap]")
     if result.hit and result.age_seconds:
         parts.append(f"cached {seconds(result.age_seconds)} ago")
     tokens = result.tokens
@@ -65,7 +75,12 @@ def lookup_caption(lookup: dict[str, Any] | None) -> str | None:
         return None
     stage, reason = lookup.get("stage"), str(lookup.get("reason") or "")
     nearest, sim = lookup.get("nearest"), lookup.get("similarity")
-    if stage in ("empty", "ineligible") or not nearest:
+    if stage == "empty":
+        # The gateway's words ("partition") are for operators; a user needs to know that
+        # nothing comparable was asked before.
+        return ("Semantic cache: nothing comparable asked before (same model, system "
+                "prompt and conversation)")
+    if stage == "ineligible" or not nearest:
         return f"Semantic cache: {reason}" if reason else None
     shown = nearest if len(nearest) <= 90 else nearest[:87] + "…"
     head = "served from" if lookup.get("hit") else "closest"

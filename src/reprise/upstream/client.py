@@ -132,7 +132,7 @@ class UpstreamClient:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
                 raise self._status_error(resp.status_code, text)
-            done = False
+            done = sent = False
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -148,13 +148,33 @@ class UpstreamClient:
                     raise UpstreamError(502, f"upstream error mid-stream: {chunk['error']}")
                 if isinstance(chunk, dict) and ("usage" in chunk or "timings" in chunk):
                     normalise(chunk)
+                sent = True
                 yield chunk
             if not done:
-                raise UpstreamError(502, "upstream closed the stream before [DONE]")
+                cut = UpstreamError(502, "upstream closed the stream before [DONE]")
+                raise (cut if sent else await self._refusal(body, cut))
         except httpx.HTTPError as exc:
             raise self._map_exc(exc) from exc
         finally:
             await resp.aclose()
+
+    async def _refusal(self, body: dict[str, Any], cut: UpstreamError) -> UpstreamError:
+        """Why a stream closed before its first chunk: the same request, not streamed.
+
+        Some servers (llama-cpp-python's) accept a stream with 200 and only then find that
+        the prompt does not fit the model's context, so the stream just ends; asked without
+        streaming, they refuse with a clear 400 ("maximum context length is 2048 tokens…").
+        The question is re-asked for one token only, so an answer that would be accepted
+        costs its prompt, not a second answer. Nothing has reached the client yet, so the
+        gateway can still answer with that status. Anything but a refusal keeps ``cut``.
+        """
+        try:
+            probe = {k: v for k, v in body.items() if k != "max_completion_tokens"}
+            await self.complete({**probe, "max_tokens": 1})
+        except UpstreamError as exc:
+            if 400 <= exc.status < 500:
+                return exc
+        return cut
 
     async def models(self) -> list[str]:
         try:

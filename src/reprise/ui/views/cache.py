@@ -18,6 +18,7 @@ from reprise.ui.messages import explain
 NAMESPACE_KEY = "cache_namespace"
 QUERY_KEY = "cache_query"
 DELETE_KEY = "cache_delete_choice"
+DELETE_GEN_KEY = "cache_delete_gen"
 LIMIT = 200
 
 
@@ -51,12 +52,14 @@ def _settings_panel(stats: dict[str, Any]) -> None:
 def _rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{
         "question": e["question"],
+        "context": e.get("context", ""),
         "tier": "exact + semantic" if e.get("semantic") else "exact",
         "hits": e["hits"],
         "age": seconds(e["age_seconds"]),
         "TTL": seconds(e["ttl_seconds"]),
         "model": e.get("model", ""),
-        "tokens": int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0),
+        "prompt tokens": int(e.get("prompt_tokens") or 0),
+        "answer tokens": int(e.get("completion_tokens") or 0),
         "answer": e.get("answer_preview", ""),
         "votes": _votes(e.get("feedback")),
         "key": e["key"][:16],
@@ -76,8 +79,11 @@ def _votes(fb: dict[str, Any] | None) -> str:
 def _delete_one(ctx: context.UIContext, namespace: str, entries: list[dict[str, Any]]) -> None:
     by_key = {e["key"]: e for e in entries}
     left, right = st.columns([4, 1], vertical_alignment="bottom")
-    key = left.selectbox("Delete one entry", list(by_key), key=DELETE_KEY, index=None,
-                         placeholder="choose an entry",
+    # A new widget after each deletion (the generation is in its key): the browser would
+    # otherwise keep showing the deleted entry's question in the box.
+    gen = st.session_state.get(DELETE_GEN_KEY, 0)
+    key = left.selectbox("Delete one entry", list(by_key), key=f"{DELETE_KEY}_{gen}",
+                         index=None, placeholder="choose an entry",
                          format_func=lambda k: f"{by_key[k]['question'][:90]}  ({k[:8]})")
     if right.button("Delete", icon=":material/delete:", disabled=key is None,
                     key="cache_delete"):
@@ -86,7 +92,7 @@ def _delete_one(ctx: context.UIContext, namespace: str, entries: list[dict[str, 
             flash.flash("success", f"Deleted the entry for “{by_key[str(key)]['question']}”.")
         except GatewayError as exc:
             flash.flash("error", f"Could not delete it: {explain(exc)}")
-        st.session_state.pop(DELETE_KEY, None)
+        st.session_state[DELETE_GEN_KEY] = gen + 1
         st.rerun()
 
 
@@ -108,9 +114,11 @@ def _page(ctx: context.UIContext) -> None:
     names = sorted(counts) if pinned and counts else sorted({*counts, ctx.namespace})
     if st.session_state.get(NAMESPACE_KEY) not in names:
         st.session_state[NAMESPACE_KEY] = ctx.namespace if ctx.namespace in names else names[0]
-    left, right = st.columns([1, 2])
-    namespace = left.selectbox("Namespace", names, key=NAMESPACE_KEY,
-                               format_func=lambda n: f"{n} ({counts.get(n, 0)} entries)")
+    left, mid, right = st.columns([2, 1, 3], vertical_alignment="bottom")
+    # The count is drawn next to the box, not inside its options: a browser keeps showing
+    # the option text it had, so a count there stayed stale after a deletion.
+    namespace = left.selectbox("Entries of namespace", names, key=NAMESPACE_KEY)
+    mid.metric("Entries", counts.get(namespace, 0))
     query = right.text_input("Search questions", key=QUERY_KEY, placeholder="text to look for")
     entries = ctx.client.cache_entries(namespace, query=query.strip(), limit=LIMIT)
     if not entries:
@@ -121,6 +129,11 @@ def _page(ctx: context.UIContext) -> None:
                    + (f" (first {LIMIT})" if len(entries) == LIMIT else ""))
         st.dataframe(_rows(entries), hide_index=True, width="stretch",
                      column_config={"hits": st.column_config.NumberColumn(format="%d"),
+                                    "context": st.column_config.TextColumn(
+                                        help="A digest of the rest of the request: model, "
+                                             "system prompt, earlier turns, sampling, "
+                                             "document collection. The same question "
+                                             "asked in another context is another entry."),
                                     "question": st.column_config.TextColumn(width="large")})
         _delete_one(ctx, namespace, entries)
     _clear(ctx, namespace, counts.get(namespace, 0))

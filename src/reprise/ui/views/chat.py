@@ -18,7 +18,7 @@ from typing import Any
 
 import streamlit as st
 
-from reprise.ui import context
+from reprise.ui import context, welcome
 from reprise.ui.client import HIT_TIERS, ChatResult, GatewayError, GatewayUnavailable
 from reprise.ui.format import badge_markdown, lookup_caption
 from reprise.ui.messages import explain
@@ -29,6 +29,8 @@ COLLECTION_KEY = "chat_collection"
 HISTORY_KEY = "chat_send_history"
 NO_COLLECTION = "(no collection: plain chat)"
 QUOTE_CHARS = 450
+LONG_QUESTION_CHARS = 1200  # longer questions are folded in their bubble
+QUESTION_PREVIEW_CHARS = 400
 
 
 @dataclass
@@ -53,6 +55,11 @@ def _ask_again(turn_id: str) -> None:
     for turn in _turns():
         if turn.id == turn_id:
             st.session_state[PENDING_KEY] = Turn(turn.question, turn.collection, bypass=True)
+
+
+def _ask_example(question: str) -> None:
+    """Button callback of the first-run examples: ask as if typed (no collection)."""
+    st.session_state[PENDING_KEY] = Turn(question, None, bypass=False)
 
 
 def _vote(turn_id: str, vote: str) -> None:
@@ -111,6 +118,10 @@ def _footer(turn: Turn, ctx: context.UIContext) -> None:
         st.error(r.error, icon=":material/error:")
     if r.tier != "?":
         st.markdown(badge_markdown(r, ctx.price_per_1k / 1000.0))
+    if r.cut:
+        st.caption("The answer reached the model's token cap and was cut there "
+                   "(finish_reason “length”). Ask for a shorter answer, or send a larger "
+                   "max_tokens from your own code.")
     if r.tier == "semantic" and r.matched_question:
         st.caption(f"Matched the earlier question: “{r.matched_question}”")
     if r.tier != "semantic" and (why := lookup_caption(r.lookup)):
@@ -118,16 +129,30 @@ def _footer(turn: Turn, ctx: context.UIContext) -> None:
     if r.citations:
         _sources(r.citations)
     _votes(turn)
+    if r.refused:
+        return  # the same question would be refused again
     st.button("Ask again, bypassing the cache", key=f"bypass_{turn.id}",
               icon=":material/refresh:", on_click=_ask_again, args=(turn.id,),
               help="Sends Cache-Control: no-cache: the model answers and the cache is refreshed")
 
 
+def _question(turn: Turn) -> None:
+    """The user's bubble; a giant question shows its start and folds the rest away."""
+    label = f"  \n:gray[collection **{turn.collection}**]" if turn.collection else ""
+    again = "  \n:gray[asked again, bypassing the cache]" if turn.bypass else ""
+    q = turn.question
+    if len(q) <= LONG_QUESTION_CHARS:
+        st.markdown(q + label + again)
+        return
+    head = q[:QUESTION_PREVIEW_CHARS].rsplit(" ", 1)[0]
+    st.markdown(f"{head} … :gray[({len(q):,} characters)]" + label + again)
+    with st.expander("Show the whole question"):
+        st.text(q)
+
+
 def _show(turn: Turn, ctx: context.UIContext) -> None:
     with st.chat_message("user"):
-        label = f"  \n:gray[collection **{turn.collection}**]" if turn.collection else ""
-        again = "  \n:gray[asked again, bypassing the cache]" if turn.bypass else ""
-        st.markdown(turn.question + label + again)
+        _question(turn)
     with st.chat_message("assistant"):
         if turn.result.text:
             st.markdown(turn.result.text)
@@ -147,7 +172,7 @@ def _messages(turn: Turn) -> list[dict[str, Any]]:
 def _run(turn: Turn, ctx: context.UIContext) -> None:
     """Ask the gateway, streaming the answer into the page, then keep the turn."""
     with st.chat_message("user"):
-        st.markdown(turn.question)
+        _question(turn)
     with st.chat_message("assistant"):
         stream = ctx.client.chat_stream(_messages(turn), collection=turn.collection,
                                         bypass_cache=turn.bypass)
@@ -156,7 +181,12 @@ def _run(turn: Turn, ctx: context.UIContext) -> None:
         except GatewayUnavailable as exc:
             stream.result.error = explain(exc)
         except GatewayError as exc:
-            stream.result.error = f"The gateway refused or failed this question. {explain(exc)}"
+            stream.result.refused = 400 <= exc.status < 500 and exc.status not in (401, 429)
+            if stream.result.refused:
+                stream.result.error = f"The gateway refused this question: {exc.message}"
+            else:
+                stream.result.error = ("The gateway refused or failed this question. "
+                                       f"{explain(exc)}")
         turn.result = stream.result
         _footer(turn, ctx)
     _turns().append(turn)
@@ -193,12 +223,18 @@ def render() -> None:
         st.session_state[TURNS_KEY] = []
     collection = None if choice == NO_COLLECTION else choice
 
-    for turn in _turns():
-        _show(turn, ctx)
     pending: Turn | None = st.session_state.pop(PENDING_KEY, None)
+    # Read before drawing the conversation (the input is pinned to the bottom anyway), so a
+    # first typed question already hides the first-run panel.
     question = st.chat_input("Ask a question (ask it twice to see a cache hit)")
     if question and question.strip():
         pending = Turn(question.strip(), collection, bypass=False)
+    if not _turns() and pending is None:
+        welcome.render(ctx, _ask_example)
+    else:
+        welcome.examples(_ask_example, expanded=False)
+    for turn in _turns():
+        _show(turn, ctx)
     if pending is not None:
         _run(pending, ctx)
 

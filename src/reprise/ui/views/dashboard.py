@@ -84,7 +84,9 @@ def _body(ctx: context.UIContext) -> None:
                 " server does not when streaming).")
     st.caption(f"{summary.requests} chat requests since the gateway started ({scope})."
                + note)
-    a, b, c, d, e, f, g = st.columns(7)
+    # Rows of three and four: seven in one row cut values such as "$0.000016" to "$0.000…".
+    a, b, c = st.columns(3)
+    d, e, f, g = st.columns(4)
     a.metric("Hit rate", f"{summary.hit_rate:.0%}",
              help=f"exact {summary.by_tier['exact']}, semantic {summary.by_tier['semantic']},"
                   f" miss {summary.by_tier['miss']}, bypass {summary.by_tier['bypass']}")
@@ -92,16 +94,20 @@ def _body(ctx: context.UIContext) -> None:
     c.metric("≈ Cost saved", money(ctx.cost(summary.saved_tokens)),
              help=f"at the sidebar's price; the gateway's own estimate (its prompt and "
                   f"completion prices) is {money(summary.gateway_saved_cost)}")
-    d.metric("Median latency",
+    d.metric("Median hit latency",
              duration(summary.p50_hit_ms) if summary.p50_hit_ms is not None else "–",
              delta=(f"miss {duration(summary.p50_miss_ms)}"
                     if summary.p50_miss_ms is not None else None), delta_color="off",
              delta_arrow="off",
-             help="median of cache hits; the small print is the median of misses")
-    d_total = int(sum(errors.values()))
-    e.metric("Upstream errors", d_total,
-             help=", ".join(f"HTTP {s}: {int(n)}" for s, n in sorted(errors.items()))
-             or "none")
+             help="at the gateway, first byte to last: the median of cache hits; the small "
+                  "print is the median of misses (the chat badge's \"first token\" is the "
+                  "same clock seen from the browser)")
+    failed = summary.errors
+    e.metric("Failed requests", failed,
+             help="chat requests answered with an error status since the gateway started. "
+                  "Model server errors by status: "
+                  + (", ".join(f"HTTP {s}: {int(n)}" for s, n in sorted(errors.items()))
+                     or "none"))
     f.metric("Votes 👍 / 👎", f"{int(votes['up'])} / {int(votes['down'])}",
              help=f"users' thumbs on answers (POST /v1/feedback): {int(evicted)} entries "
                   f"evicted by them, {int(refused)} lookups found an answer they refused")
@@ -115,29 +121,22 @@ def _body(ctx: context.UIContext) -> None:
                   f"(llama-cpp-python's server and Ollama never do). Reprise's own hits "
                   f"are in Tokens saved.")
 
-    left, right = st.columns(2)
-    left.pyplot(charts.hit_rate_figure(events))
-    right.pyplot(charts.latency_figure(events))
+    # One plot per row, full width: drawn near 1:1, so their text reads like the page's.
+    st.pyplot(charts.hit_rate_figure(events), width="stretch")
+    st.pyplot(charts.latency_figure(events), width="stretch")
     if summary.saved_tokens:
-        left.pyplot(charts.savings_figure(events, ctx.price_per_1k / 1000.0))
+        st.pyplot(charts.savings_figure(events, ctx.price_per_1k / 1000.0), width="stretch")
     else:
-        left.info("No counted tokens saved yet: the plot of tokens and cost saved appears "
-                  "with the first cache hit on an answer whose usage the model reported.")
-    with right:
-        st.markdown("**Upstream errors by status**")
-        if errors:
-            rows = sorted(errors.items())
-            st.bar_chart({"status": [f"HTTP {s}" for s, _ in rows],
-                          "errors": [n for _, n in rows]}, x="status", y="errors",
-                         horizontal=True, height=220)
-        else:
-            st.success("No upstream errors since the gateway started.")
-        if summary.errors:
-            st.warning(f"{summary.errors} requests ended with an error status.")
-        replicas = _replicas(ctx)
-        if replicas:
-            st.markdown("**Model replicas** (prefix-aware routing)")
-            st.dataframe(replicas, hide_index=True)
+        st.info("No counted tokens saved yet: the plot of tokens and cost saved appears "
+                "with the first cache hit on an answer whose usage the model reported.")
+    if failed:
+        st.pyplot(charts.errors_figure(summary.errors_by_status), width="stretch")
+    else:
+        st.success("No failed requests since the gateway started.")
+    replicas = _replicas(ctx)
+    if replicas:
+        st.markdown("**Model replicas** (prefix-aware routing)")
+        st.dataframe(replicas, hide_index=True)
 
 
 def render() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from reprise.rag import names
 from reprise.ui import context, flash, page
 from reprise.ui.client import TERMINAL_JOB_STATES, GatewayError
 from reprise.ui.messages import explain
@@ -21,37 +22,51 @@ COLLECTION_KEY = "docs_collection"
 UPLOAD_KEY = "docs_pending_upload"  # {"collection": str, "files": [(name, bytes), ...]}
 JOB_KEY = "docs_last_job"  # {"collection": str, "job_id": str}
 UPLOADER_GEN_KEY = "docs_uploader_gen"
+NEW_NAME_KEY = "docs_new_name"
 FILE_TYPES = ["pdf", "docx", "html", "htm", "md", "markdown", "txt"]
 POLL_SECONDS = 0.4
 POLL_LIMIT_SECONDS = 900.0
 _FILE_PROGRESS = {"queued": 0.0, "running": 0.5, "done": 1.0, "duplicate": 1.0, "failed": 1.0}
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _file_line(f: dict[str, Any]) -> str:
     state = f.get("state", "?")
     text = f"{f.get('filename')}: {state}"
     if state in ("done", "duplicate"):
-        text += f" ({f.get('pages', 0)} pages, {f.get('chunks', 0)} chunks)"
+        text += (f" ({plural(int(f.get('pages') or 0), 'page')}, "
+                 f"{plural(int(f.get('chunks') or 0), 'chunk')})")
     return text
 
 
-def _show_job(job: dict[str, Any], bars: list[Any] | None = None) -> None:
-    """Per-file progress bars, then each failed file's error."""
+def file_error(f: dict[str, Any]) -> str:
+    """"setup.pdf: an executable, not a document": the gateway's message, naming the file
+    once (its message often names it already), without the code meant for programs."""
+    name = str(f.get("filename") or "?")
+    message = str((f.get("error") or {}).get("message") or "failed")
+    return message if message.startswith(name) else f"{name}: {message}"
+
+
+def _show_file(f: dict[str, Any], slot: Any) -> None:
+    """A bar while a file is queued, running or done; a failed file shows its error
+    instead (a full bar would read as success)."""
+    state = f.get("state", "queued")
+    if state == "failed":
+        slot.error(file_error(f), icon=":material/error:")
+    elif state == "duplicate":
+        slot.info(f"{f.get('filename')}: already in the collection, not added again",
+                  icon=":material/content_copy:")
+    else:
+        slot.progress(_FILE_PROGRESS.get(state, 0.0), text=_file_line(f))
+
+
+def _show_job(job: dict[str, Any], slots: list[Any] | None = None) -> None:
+    """One line per file: its progress bar, or why it failed."""
     for i, f in enumerate(job.get("files") or []):
-        value = _FILE_PROGRESS.get(f.get("state", "queued"), 0.0)
-        if bars is not None and i < len(bars):
-            bars[i].progress(value, text=_file_line(f))
-        else:
-            st.progress(value, text=_file_line(f))
-    if job.get("state") in TERMINAL_JOB_STATES:
-        for f in job.get("files") or []:
-            err = f.get("error") or {}
-            if f.get("state") == "failed":
-                st.error(f"{f.get('filename')}: {err.get('message', 'failed')} "
-                         f"({err.get('code', 'error')})", icon=":material/error:")
-            elif f.get("state") == "duplicate":
-                st.info(f"{f.get('filename')}: already in the collection "
-                        f"({err.get('message', 'same bytes')})")
+        _show_file(f, slots[i] if slots is not None and i < len(slots) else st.empty())
 
 
 def _follow(ctx: context.UIContext, job: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +74,9 @@ def _follow(ctx: context.UIContext, job: dict[str, Any]) -> dict[str, Any]:
     files = job.get("files") or []
     names = [f if isinstance(f, str) else f.get("filename") for f in files]
     with st.status(f"Indexing {len(names)} file(s) …", expanded=True) as status:
-        bars = [st.progress(0.0, text=f"{n}: queued") for n in names]
+        bars = [st.empty() for _ in names]
+        for bar, n in zip(bars, names, strict=True):
+            bar.progress(0.0, text=f"{n}: queued")
         deadline = time.monotonic() + POLL_LIMIT_SECONDS
         current = job
         while time.monotonic() < deadline:
@@ -75,6 +92,12 @@ def _follow(ctx: context.UIContext, job: dict[str, Any]) -> dict[str, Any]:
                       state="complete" if state == "done" else
                       ("error" if state in ("failed", "partial") else "running"))
     return current
+
+
+def rejected_files(filenames: list[str]) -> list[str]:
+    """The chosen files whose extension the gateway does not ingest."""
+    return [n for n in filenames if n.rsplit(".", 1)[-1].lower() not in FILE_TYPES
+            or "." not in n]
 
 
 def _upload(ctx: context.UIContext, pending: dict[str, Any]) -> None:
@@ -114,19 +137,34 @@ def _last_job(ctx: context.UIContext, collection: str) -> None:
             st.button("Refresh", key="docs_job_refresh")
 
 
+def _create(ctx: context.UIContext) -> None:
+    """Form callback (runs before the page is drawn, so it may empty the field): the name
+    is checked against the gateway's own rule first, and kept in the field on any error so
+    it can be corrected rather than retyped."""
+    name = names.normalize(str(st.session_state.get(NEW_NAME_KEY) or ""))
+    if not name:
+        return
+    if not names.is_valid(name):
+        flash.flash("error", f"“{name}” is not a valid collection name: use {names.RULE}.")
+        return
+    try:
+        ctx.client.create_collection(name)
+    except GatewayError as exc:
+        flash.flash("error", f"Could not create “{name}”: {explain(exc)}")
+        return
+    st.session_state[COLLECTION_KEY] = name
+    st.session_state[NEW_NAME_KEY] = ""
+    flash.flash("success", f"Collection “{name}” created.")
+
+
 def _create_form(ctx: context.UIContext) -> None:
-    with st.form("new_collection", clear_on_submit=True, border=False):
+    with st.form("new_collection", clear_on_submit=False, border=False):
         left, right = st.columns([3, 1], vertical_alignment="bottom")
-        name = left.text_input("New collection", placeholder="e.g. contracts",
-                               key="docs_new_name")
-        if right.form_submit_button("Create", icon=":material/add:") and name.strip():
-            try:
-                ctx.client.create_collection(name.strip())
-                st.session_state[COLLECTION_KEY] = name.strip()
-                flash.flash("success", f"Collection “{name.strip()}” created.")
-            except GatewayError as exc:
-                flash.flash("error", f"Could not create “{name.strip()}”: {explain(exc)}")
-            st.rerun()
+        left.text_input("New collection", placeholder="e.g. contracts, públicos, 合同",
+                        key=NEW_NAME_KEY, help=f"A collection name is {names.RULE}.")
+        right.form_submit_button("Create", icon=":material/add:", on_click=_create,
+                                 args=(ctx,))
+        st.caption(f"Names: {names.RULE}.")
 
 
 def _documents(ctx: context.UIContext, collection: str) -> None:
@@ -194,10 +232,18 @@ def _page(ctx: context.UIContext) -> None:
              help="Bumped by every change; answers cached on older versions are not reused")
 
     gen = st.session_state.get(UPLOADER_GEN_KEY, 0)
-    chosen = st.file_uploader("Add documents (PDF, DOCX, HTML, Markdown, text)", type=FILE_TYPES,
+    # The picker takes any file, so the page can name the ones it will not upload and refuse
+    # to go on while they are chosen; Streamlit's own type filter dropped them silently.
+    chosen = st.file_uploader("Add documents (PDF, DOCX, HTML, Markdown, text)",
                               accept_multiple_files=True, key=f"docs_uploader_{gen}")
-    if st.button("Upload and index", icon=":material/upload:", disabled=not chosen,
-                 type="primary", key="docs_upload"):
+    refused = rejected_files([f.name for f in chosen or []])
+    for name in refused:
+        st.error(f"{name}: not a supported document type. Remove it from the list above to "
+                 f"upload the others (supported: {', '.join(FILE_TYPES)}).",
+                 icon=":material/block:")
+    if st.button("Upload and index", icon=":material/upload:",
+                 disabled=not chosen or bool(refused), type="primary", key="docs_upload",
+                 help="Remove the files marked as unsupported first" if refused else None):
         pending = {"collection": collection,
                    "files": [(f.name, f.getvalue()) for f in chosen or []]}
     if pending:
