@@ -39,6 +39,7 @@ from reprise.store.base import CacheEntry
 from reprise.store.redis import RedisStore
 
 DIM = 512
+NODE_TIMEOUT_MS = 1500  # the recovery runs' cluster-node-timeout (reported with them)
 OUT = Path(__file__).resolve().parent / "results" / "cluster.md"
 
 
@@ -249,7 +250,7 @@ async def balance_run(cluster: LocalCluster, groups: int, sizes: list[int],
 async def recovery_run(cache: Path) -> dict[str, float]:
     from redis.crc import key_slot
 
-    cluster = start_cluster(cache, primaries=3, replicas=1)
+    cluster = start_cluster(cache, primaries=3, replicas=1, node_timeout_ms=NODE_TIMEOUT_MS)
     with cluster:
         store = RedisStore(cluster.url, DIM, 1 << 30, prefix="rec", groups=16)
         rng = np.random.default_rng(4)
@@ -354,7 +355,8 @@ async def main_async(args: argparse.Namespace) -> str:
     recs = [await recovery_run(cache) for _ in range(args.recoveries)]
     rrows = [[i + 1, r["cluster_ok_s"], r["store_ok_s"], r["failed_ops"], r["kept"]]
              for i, r in enumerate(recs)]
-    parts.append("## Recovery after a primary is killed\n\n`cluster-node-timeout` 1500 ms "
+    parts.append("## Recovery after a primary is killed\n\n"
+                 f"`cluster-node-timeout` {NODE_TIMEOUT_MS} ms "
                  "(the local cluster's; production default 15000 ms scales these times). "
                  "Store operations of the killed shard's namespace fail open until the "
                  "replica is promoted; of 200 entries written before the kill, *kept* were "

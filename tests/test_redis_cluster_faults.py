@@ -84,12 +84,16 @@ async def _load_through_failover(base: str, cluster: LocalCluster, victim: Any, 
         timing["kill"] = time.monotonic()
         await asyncio.to_thread(cluster.kill, victim)
         phase["now"] = "down"
-        await asyncio.to_thread(cluster.wait_ok, 60.0)
+        await asyncio.to_thread(cluster.wait_ok, 90.0)
         timing["ok"] = time.monotonic()
         phase["now"] = "back"
 
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        await asyncio.gather(chaos(), *(worker(client) for _ in range(3)))
+        # A task group: if one part fails, the others are cancelled, not left running.
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(chaos())
+            for _ in range(3):
+                tg.create_task(worker(client))
     return outcomes, timing["ok"] - timing["kill"]
 
 
@@ -248,7 +252,10 @@ async def test_resharding_under_load_moves_entries_and_rebuilds_the_index(
             await asyncio.to_thread(own_cluster.wait_ok)
             done.set()
 
-        await asyncio.gather(lookups(), lookups(), writes(), reshard())
+        # A task group: if the reshard fails, the load is cancelled, not left running.
+        async with asyncio.TaskGroup() as tg:
+            for part in (lookups(), lookups(), writes(), reshard()):
+                tg.create_task(part)
 
         assert own_cluster.owner_of(slot).port == target.port
         assert wrong == [], wrong[:5]

@@ -33,7 +33,10 @@ from reprise.services.redis_stack import (
     ensure_installed,
 )
 
-NODE_TIMEOUT_MS = 1500
+# Short enough that a killed primary's replica takes over in seconds, long enough that a
+# node starved of CPU on a loaded machine is not declared failed (1.5 s was not, on a
+# 2-core VM with a load average near 20: a node was failed over in the middle of a reshard).
+NODE_TIMEOUT_MS = 5000
 READY_TIMEOUT_SECONDS = 60.0
 
 
@@ -61,7 +64,8 @@ class LocalCluster:
     """``primaries`` shards with ``replicas`` replicas each, on free loopback ports."""
 
     def __init__(self, install: RedisStackInstall, data_dir: Path, *, primaries: int = 3,
-                 replicas: int = 1, own_data_dir: bool = True) -> None:
+                 replicas: int = 1, own_data_dir: bool = True,
+                 node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         self.install = install
         self.data_dir = data_dir
         self.primaries = primaries
@@ -74,7 +78,7 @@ class LocalCluster:
                 install, port, data_dir / str(port), extra_args=(
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", f"nodes-{port}.conf",
-                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    "--cluster-node-timeout", str(node_timeout_ms),
                     "--cluster-require-full-coverage", "no",
                     "--cluster-allow-replica-migration", "no",
                 )))
@@ -237,13 +241,14 @@ class LocalCluster:
 
 
 def start_cluster(cache_dir: Path, *, primaries: int = 3, replicas: int = 1,
-                  data_dir: Path | None = None) -> LocalCluster:
+                  data_dir: Path | None = None,
+                  node_timeout_ms: int = NODE_TIMEOUT_MS) -> LocalCluster:
     """Install if needed, start the nodes, create the cluster; returns once it is ok."""
     install = ensure_installed(cache_dir)
     own = data_dir is None
     ddir = Path(tempfile.mkdtemp(prefix="reprise-cluster-")) if data_dir is None else data_dir
     return LocalCluster(install, ddir, primaries=primaries, replicas=replicas,
-                        own_data_dir=own).start()
+                        own_data_dir=own, node_timeout_ms=node_timeout_ms).start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def require_search(url: str, timeout: float = 2.0) -> None:
             except sync_redis.ResponseError as exc:
                 raise MissingSearch(
                     f"Redis Cluster node {node.host}:{node.port} has no search module"
-                    f" (FT._LIST: {exc}): every shard needs Redis Stack 7.2+ or Redis 8,"
+                    f" (FT._LIST: {exc}): every shard needs Redis Stack 7.4 or Redis 8,"
                     " since each one indexes its own cache entries") from exc
             except (RedisError, OSError):
                 continue
