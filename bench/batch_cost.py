@@ -18,12 +18,15 @@ engine's cost, the rest is other people's work).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from load import FAMILIES
@@ -42,9 +45,47 @@ def best_ms(fn: Callable[[], object], repeats: int) -> float:
     return best * 1000
 
 
+async def lone_call_overhead(use: Any, questions: list[str], calls: int) -> list[str]:
+    """What batching changes for a request that finds the model idle (concurrency 1): the
+    call goes through the batcher's queue and thread instead of ``asyncio.to_thread``.
+    Interleaved, p50 of each; the verifier's pair scoring the same way."""
+    from reprise.cache.verifier import Verifier
+    from reprise.embed.batching import BatchingEmbedder, BatchPolicy
+
+    policy = BatchPolicy(max_batch=32, workers=2)
+    batched = BatchingEmbedder(use, policy)
+    plain_v, batched_v = Verifier.load(threads=1), Verifier.load(threads=1, batch=policy)
+    plain_v.model()
+    batched_v.model()
+    cases: list[tuple[str, Callable[[str], Awaitable[object]],
+                      Callable[[str], Awaitable[object]]]] = [
+        ("USE question embedding", lambda q: use.embed([q]), lambda q: batched.embed([q])),
+        ("cross-encoder, one pair", lambda q: plain_v.ascores(q, [questions[0]]),
+         lambda q: batched_v.ascores(q, [questions[0]])),
+    ]
+    out = ["Concurrency 1 (one call at a time, the model idle): p50 of "
+           f"{calls} calls each, interleaved.", "",
+           "| call | unbatched (`asyncio.to_thread`) ms | through the batcher ms | difference |",
+           "| --- | ---: | ---: | ---: |"]
+    for name, plain, through in cases:
+        a: list[float] = []
+        b: list[float] = []
+        for i in range(calls):
+            q = questions[i % len(questions)]
+            for fn, acc in ((plain, a), (through, b)):
+                t0 = time.perf_counter()
+                await fn(q)
+                acc.append((time.perf_counter() - t0) * 1000)
+        pa, pb = statistics.median(a), statistics.median(b)
+        out.append(f"| {name} | {pa:.3f} | {pb:.3f} | {pb - pa:+.3f} |")
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path, default=RESULTS / "batch_cost.md")
     args = parser.parse_args()
@@ -83,7 +124,8 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in per_item)
                      + f" | {per_item[0] / min(per_item):.1f}× |")
         print(lines[-1], flush=True)
-    lines += ["", "`python bench/batch_cost.py`", ""]
+    lines += ["", *asyncio.run(lone_call_overhead(use, questions, args.calls)), "",
+              "`python bench/batch_cost.py`", ""]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     batching: bool = True
     batch_max: int = Field(default=32, ge=1, le=1024)
     batch_window_ms: float = Field(default=0.0, ge=0.0, le=100.0)
-    batch_workers: int = Field(default=1, ge=1, le=16)  # passes at once, per model
+    batch_workers: int = Field(default=2, ge=1, le=16)  # passes at once, per model
 
     # --- feedback: users' votes on served answers (POST /v1/feedback, cache.feedback) ---------
     # How long an answer can be voted on by its response id: every answer served from or into

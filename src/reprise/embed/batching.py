@@ -45,7 +45,7 @@ class BatchPolicy:
 
     max_batch: int = 32  # items per pass
     window_s: float = 0.0  # extra wait for more items before a follow-up pass
-    workers: int = 1  # passes that may run at once (each on its own thread)
+    workers: int = 2  # passes that may run at once (each on its own thread)
 
 
 @dataclass(slots=True)
