@@ -808,7 +808,7 @@ def test_chat_page_thumbs_down_removes_a_wrong_answer(fake_upstream: Any, tmp_pa
             assert c.get("/admin/cache", headers=h).json()["data"] == []
             assert metric(c, "reprise_feedback_votes_total", vote="down", tier="exact") == 1
         _ask(at, "What is the capital of Australia?")
-        assert "miss" in [str(m.value) for m in at.markdown if "latency" in str(m.value)][-1]
+        assert "miss" in [str(m.value) for m in at.markdown if "first token" in str(m.value)][-1]
         # The dashboard counts the votes.
         at.switch_page("views/dashboard.py").run()
         assert not at.exception, [e.value for e in at.exception]
@@ -826,9 +826,9 @@ def test_chat_page_thumbs_down_on_a_semantic_hit(fake_upstream: Any, use_embedde
         _ask(at, STORED)
         _ask(at, PARAPHRASES[0])
         assert "semantic hit" in [str(m.value) for m in at.markdown
-                                  if "latency" in str(m.value)][-1]
+                                  if "first token" in str(m.value)][-1]
         _click(at, "down_", 1)
         assert any(c.startswith("thanks — this answer will not be served again for this "
                                 "question") for c in _captions(at))
         _ask(at, PARAPHRASES[0])
-        assert "miss" in [str(m.value) for m in at.markdown if "latency" in str(m.value)][-1]
+        assert "miss" in [str(m.value) for m in at.markdown if "first token" in str(m.value)][-1]

@@ -106,10 +106,12 @@ def test_metrics_by_route_status_tier_and_savings(gw: Any) -> None:
                  status="404") == 1
     assert delta("reprise_http_requests_total", route="unmatched", status="404") == 1
     assert delta("reprise_http_request_seconds_count", route=chat) == 5
-    assert delta("reprise_cache_requests_total", tier="miss") == 1
+    # The failed request missed the cache too: it is counted like a failed stream always
+    # was, so the dashboard's failed requests and upstream errors agree.
+    assert delta("reprise_cache_requests_total", tier="miss") == 2
     assert delta("reprise_cache_requests_total", tier="exact") == 2
     assert delta("reprise_chat_latency_seconds_count", outcome="hit") == 2
-    assert delta("reprise_chat_latency_seconds_count", outcome="miss") == 1
+    assert delta("reprise_chat_latency_seconds_count", outcome="miss") == 2
     assert delta("reprise_upstream_latency_seconds_count") == 2  # the miss + the failure
     assert delta("reprise_upstream_errors_total", status="502") == 1
     assert delta("reprise_tokens_saved_total", kind="prompt") > 0

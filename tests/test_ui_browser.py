@@ -41,4 +41,4 @@ def test_newcomer_flow_in_a_real_browser(browser_ready: str, data_dir: Path,
     assert "the upload button refuses" in text and "deleted an entry" in text
     shots = sorted(p.name for p in (tmp_path / "shots").glob("*.png"))
     assert shots == ["cache.png", "chat.png", "chat_rag.png", "dashboard.png",
-                     "documents.png"]
+                     "documents.png", "welcome.png"]

@@ -6,8 +6,9 @@ Debian ``chromium`` package over the Chrome DevTools Protocol (a small synchrono
 client; no Selenium/Playwright needed) through a newcomer's first minutes, and fails with
 what it saw whenever the page does not do what a user expects:
 
-1. Chat: the first-run panel says what Reprise is and which model answers; a question is a
-   *miss*, the same again an *exact hit*, a paraphrase a *semantic hit* → ``chat.png``
+1. Chat: the first-run panel says what Reprise is and which model answers (``welcome.png``);
+   a question is a *miss*, the same again an *exact hit*, a paraphrase a *semantic hit* →
+   ``chat.png``
 2. Documents: a collection named with an accent; a file of an unsupported type in the real
    file picker makes the upload button refuse, with the file named; two documents upload and
    index → ``documents.png``
@@ -298,6 +299,7 @@ def _chat(b: Browser, ui: str, out: Path, r: Report) -> None:
     text = b.text()
     expect("Reprise is a gateway" in text and "Model in use" in text,
            "the empty chat page does not say what Reprise is and which model answers", b)
+    b.screenshot(out / "welcome.png")
     first = ask(b, QUESTION)
     r.say(f"1st ask: {first}")
     expect("miss" in first, "the first question did not show the miss badge", b)

@@ -61,8 +61,9 @@ def render(ctx: context.UIContext, ask: Callable[[str], None]) -> None:
         "from your documents and cite them.")
     if model:
         st.caption(f"Model in use: **{model}**. With `make run` it is a small model "
-                   "embedded for a first try (short answers, a few seconds each on a laptop); "
-                   "point `REPRISE_UPSTREAM_URL` at any OpenAI-compatible server for a "
+                   "embedded for a first try: short answers in a few seconds, often wrong, "
+                   "weakest in Portuguese and Chinese (`bench/results/chat_models.md`). "
+                   "Point `REPRISE_UPSTREAM_URL` at any OpenAI-compatible server for a "
                    "larger one.")
     examples(ask, expanded=True)
     with st.expander("What the words mean", icon=":material/help:"):
