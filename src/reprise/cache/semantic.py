@@ -173,19 +173,27 @@ class SemanticLookup:
             open_.append(hit)
         return decided, open_
 
+    @staticmethod
+    def _scored(group: str, open_: Sequence[SearchHit], probs: np.ndarray | None
+                ) -> list[Assessment]:
+        """Assessments from the verifier's probabilities; None (no model, or it failed)
+        leaves every candidate unscored, and an unscored candidate is never served."""
+        if probs is None:
+            return [Assessment(h, None, 0.0, group=group) for h in open_]
+        return [Assessment(h, None, float(p), group=group)
+                for h, p in zip(open_, probs, strict=True)]
+
     def _score(self, question: str, group: str, open_: Sequence[SearchHit]
                ) -> list[Assessment]:
         if not open_:
             return []
-        if not self.verifier.available:
-            return [Assessment(h, None, 0.0, group=group) for h in open_]
-        try:
-            probs = self.verifier.scores(question, [h.entry.question for h in open_])
-        except Exception as exc:  # fail safe: an unscored candidate is never served
-            log.warning("cross-encoder failed, judging without it: %s", exc)
-            return [Assessment(h, None, 0.0, group=group) for h in open_]
-        return [Assessment(h, None, float(p), group=group)
-                for h, p in zip(open_, probs, strict=True)]
+        probs = None
+        if self.verifier.available:
+            try:
+                probs = self.verifier.scores(question, [h.entry.question for h in open_])
+            except Exception as exc:  # fail safe
+                log.warning("cross-encoder failed, judging without it: %s", exc)
+        return self._scored(group, open_, probs)
 
     async def _ascore(self, question: str, group: str, open_: Sequence[SearchHit]
                       ) -> list[Assessment]:
@@ -193,15 +201,14 @@ class SemanticLookup:
         with concurrent lookups) or a worker thread, never the event loop."""
         if not open_:
             return []
-        if not self.verifier.available:
-            return [Assessment(h, None, 0.0, group=group) for h in open_]
-        try:
-            probs = await self.verifier.ascores(question, [h.entry.question for h in open_])
-        except Exception as exc:  # fail safe: an unscored candidate is never served
-            log.warning("cross-encoder failed, judging without it: %s", exc)
-            return [Assessment(h, None, 0.0, group=group) for h in open_]
-        return [Assessment(h, None, float(p), group=group)
-                for h, p in zip(open_, probs, strict=True)]
+        probs = None
+        if self.verifier.available:
+            try:
+                probs = await self.verifier.ascores(question,
+                                                    [h.entry.question for h in open_])
+            except Exception as exc:  # fail safe
+                log.warning("cross-encoder failed, judging without it: %s", exc)
+        return self._scored(group, open_, probs)
 
     def assess(self, question: str, hits: Sequence[SearchHit], floor: float
                ) -> list[Assessment]:

