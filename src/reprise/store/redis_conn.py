@@ -13,6 +13,7 @@ the client is then a ``RedisCluster``, which follows the slot map (``MOVED``/``A
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -93,6 +94,11 @@ def make_client(url: str, options: dict[str, Any], *, cluster: bool) -> Redis:
         return Redis.from_url(url, **options)
     opts = dict(options)
     retry = opts.pop("retry", None)
+    if "topology_refresh_min_interval" in inspect.signature(RedisCluster.__init__).parameters:
+        # After a failover the client learns the new primary at its next refresh; its
+        # default pacing (1 s) leaves the cache failing open that long once the cluster is
+        # whole again. A quarter second still collapses a burst of errors into one refresh.
+        opts["topology_refresh_min_interval"] = 0.25
     client: Any = RedisCluster.from_url(node_url(url), **opts)
     if retry is not None:
         client.set_retry(retry)
