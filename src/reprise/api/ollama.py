@@ -37,7 +37,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -127,6 +127,9 @@ class OllamaModelRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     name: str | None = None  # older clients send the model as ``name``
+
+
+R = TypeVar("R", bound=OllamaModelRequest)
 
 
 # -- parse -----------------------------------------------------------------------------------
@@ -395,22 +398,31 @@ async def ps(request: Request) -> Response:
     return _json({"models": models})
 
 
-@router.post("/api/show")
-async def show(request: Request) -> Response:
+class OllamaPullRequest(OllamaModelRequest):
+    stream: bool = True
+
+
+async def _served_model(request: Request, cls: type[R]) -> tuple[R, str]:
+    """The body of a request about one model, and that model's name, checked to be served
+    (404 in Ollama's shape otherwise)."""
     body = await read_json(request, components(request).settings.max_body_bytes)
-    req = parse_model(OllamaModelRequest, body)
+    req = parse_model(cls, body)
     name = req.model or req.name
     if not name:
         raise APIError(400, "model is required", param="model")
     await resolve_model(components(request), name)
+    return req, name
+
+
+@router.post("/api/show")
+async def show(request: Request) -> Response:
+    _, name = await _served_model(request, OllamaModelRequest)
     entry = _model_entry(name)
     return _json({"modelfile": "", "parameters": "", "template": "",
                   "details": entry["details"], "model_info": {},
                   "capabilities": ["completion", "tools"], "modified_at": entry["modified_at"]})
 
 
-class OllamaPullRequest(OllamaModelRequest):
-    stream: bool = True
 
 
 @router.post("/api/pull")
@@ -418,12 +430,7 @@ async def pull(request: Request) -> Response:
     """Scripts pull a model before using it: a model Reprise serves is already there (the
     model server behind it owns the weights), so this succeeds without downloading; any
     other model is a 404, as a pull of an unknown model is in Ollama."""
-    body = await read_json(request, components(request).settings.max_body_bytes)
-    req = parse_model(OllamaPullRequest, body)
-    name = req.model or req.name
-    if not name:
-        raise APIError(400, "model is required", param="model")
-    await resolve_model(components(request), name)
+    req, _ = await _served_model(request, OllamaPullRequest)
     if req.stream:
         return Response(_line({"status": "success"}), media_type="application/x-ndjson")
     return _json({"status": "success"})
