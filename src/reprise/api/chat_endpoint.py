@@ -54,6 +54,7 @@ class ChatCall:
     include_usage: bool = True
     collection: str | None = None
     param_names: dict[str, str] = field(default_factory=dict)  # canonical → protocol field
+    validated: ChatRequest | None = None  # ``body`` already validated (OpenAI chat does)
 
 
 @dataclass(slots=True)
@@ -200,7 +201,7 @@ async def serve_chat(request: Request, call: ChatCall) -> ServedChat:
     comp = components(request)
     started = time.perf_counter()
     body = call.body
-    req = parse_model(ChatRequest, body)
+    req = call.validated or parse_model(ChatRequest, body)
     asked = _check_caps(comp, req, call)
     await enforce(request, estimate_tokens(body["messages"], asked))
     namespace = tenant_namespace(request)

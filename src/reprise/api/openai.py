@@ -50,7 +50,7 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json(request, comp.settings.max_body_bytes)
     req = parse_model(ChatRequest, body)
     call = ChatCall(body, stream=req.stream, include_usage=req.include_usage,
-                    collection=req.collection)
+                    collection=req.collection, validated=req)
     served = await serve_chat(request, call)
     if served.completion is not None:
         return Response(orjson.dumps(served.completion), media_type="application/json",
