@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -35,15 +36,19 @@ from reprise.services.redis_stack import (
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "redis-stack"
 
 
+def _unavailable(message: str) -> NoReturn:
+    """CI installs Redis Stack itself, so there its absence is a failure; locally a skip."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def start_or_skip(data_dir: Path | None = None) -> RedisServer:
     """A new server; skip locally (fail in CI) when Redis Stack cannot run here."""
     try:
         return start_server(CACHE_DIR, data_dir=data_dir)
     except RedisStackUnavailable as exc:
-        message = f"Redis Stack server unavailable: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _unavailable(f"Redis Stack server unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +63,7 @@ def start_cluster_or_skip(primaries: int = 3, replicas: int = 1) -> LocalCluster
     try:
         return start_cluster(CACHE_DIR, primaries=primaries, replicas=replicas)
     except RedisStackUnavailable as exc:
-        message = f"Redis Stack cluster unavailable: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _unavailable(f"Redis Stack cluster unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")
