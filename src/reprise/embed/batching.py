@@ -54,6 +54,10 @@ class _Job(Generic[T]):
     items: list[T]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[np.ndarray]
+    # Queued while the model was busy: only such a job may wait a window for company. A job
+    # that arrives between passes (a lone caller whose previous answer was just delivered)
+    # starts at once, whichever pass loop picks it up.
+    behind_pass: bool = False
 
 
 def _settle(future: asyncio.Future[np.ndarray], value: np.ndarray | BaseException) -> None:
@@ -78,6 +82,7 @@ class MicroBatcher(Generic[T]):
         self._queue: deque[_Job[T]] = deque()
         self._queued_items = 0
         self._running = 0  # pass loops (``_drain``) started and not finished
+        self._passing = 0  # passes inside ``fn`` right now
         self._pool = ThreadPoolExecutor(max_workers=policy.workers,
                                         thread_name_prefix=f"reprise-{name}")
         self.passes = 0  # forward passes run
@@ -91,6 +96,7 @@ class MicroBatcher(Generic[T]):
         if not job.items:
             return np.zeros(0, dtype=np.float32)
         with self._cond:
+            job.behind_pass = self._passing > 0
             self._queue.append(job)
             self._queued_items += len(job.items)
             if self._running < self.policy.workers:
@@ -113,13 +119,12 @@ class MicroBatcher(Generic[T]):
 
     def _drain(self) -> None:
         """The pass loop, on the batcher's thread, until the queue is empty."""
-        follow_up = False
         while True:
             with self._cond:
                 if not self._queue:
                     self._running -= 1
                     return
-                if follow_up and self.policy.window_s > 0:
+                if self._queue[0].behind_pass and self.policy.window_s > 0:
                     deadline = time.monotonic() + self.policy.window_s
                     while self._queued_items < self.policy.max_batch:
                         left = deadline - time.monotonic()
@@ -127,7 +132,6 @@ class MicroBatcher(Generic[T]):
                             break
                         self._cond.wait(left)
                 batch = self._take()
-            follow_up = True
             try:
                 self._execute(batch)
             except BaseException as exc:  # never leave a caller waiting
@@ -136,8 +140,14 @@ class MicroBatcher(Generic[T]):
 
     def _execute(self, batch: list[_Job[T]]) -> None:
         items = [x for job in batch for x in job.items]
+        with self._cond:
+            self._passing += 1
         try:
-            rows = np.asarray(self._fn(items))
+            try:
+                rows = np.asarray(self._fn(items))
+            finally:
+                with self._cond:
+                    self._passing -= 1
             if len(rows) != len(items):
                 raise RuntimeError(f"{self.name}: {len(rows)} results for {len(items)} items")
         except Exception as exc:
